@@ -13,6 +13,8 @@ func newMySQLMapping(dsn, query string) (Mapping, error) { return &mysqlMapping{
 func (m *mysqlMapping) Lookup(ctx context.Context, keys []string) (string, string, error) {
 	return "", "", errors.New("mysql mapping not implemented")
 }
-func (m *mysqlMapping) Check(ctx context.Context) ([]string, error) { return nil, errors.New("not implemented") }
-func (m *mysqlMapping) Close() error                               { return nil }
-func (m *mysqlMapping) String() string                             { return "mysql" }
+func (m *mysqlMapping) Check(ctx context.Context) ([]string, error) {
+	return nil, errors.New("not implemented")
+}
+func (m *mysqlMapping) Close() error   { return nil }
+func (m *mysqlMapping) String() string { return "mysql" }
