@@ -1,0 +1,66 @@
+#!/bin/sh
+# Installs everything willi's test suite needs (Debian 12), idempotently.
+# Fast when all is present: only queries dpkg. Must run as root.
+set -eu
+
+PACKAGES="postfix swaks python3 mariadb-server mariadb-client xinetd ucspi-tcp
+haproxy nginx libnginx-mod-mail openssl systemd procps make git ca-certificates"
+
+missing=""
+for p in $PACKAGES; do
+	status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+	case "$status" in
+	*" ok installed") ;;
+	*) missing="$missing $p" ;;
+	esac
+done
+
+if [ -n "$missing" ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "test/deps.sh: missing packages:$missing (run as root to install)" >&2
+		exit 1
+	fi
+	export DEBIAN_FRONTEND=noninteractive
+	# Postfix must install without asking and without a configuration of its
+	# own: the tests run private instances with their own config directories.
+	echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+	echo "postfix postfix/mailname string localhost" | debconf-set-selections
+	# Keep package scripts from starting the distro's services.
+	policy_rc=/usr/sbin/policy-rc.d
+	created_policy=""
+	if [ ! -e "$policy_rc" ]; then
+		printf '#!/bin/sh\nexit 101\n' >"$policy_rc"
+		chmod 755 "$policy_rc"
+		created_policy=1
+	fi
+	apt-get update -q
+	# shellcheck disable=SC2086
+	apt-get install -y -q --no-install-recommends $missing
+	if [ -n "$created_policy" ]; then
+		rm -f "$policy_rc"
+	fi
+fi
+
+# The distro's own instances would hold ports and state the tests do not
+# expect; the tests start private instances on free loopback ports.
+for svc in postfix mariadb haproxy nginx xinetd; do
+	if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+		systemctl disable --now "$svc" >/dev/null 2>&1 || true
+	fi
+	if [ -x "/etc/init.d/$svc" ]; then
+		"/etc/init.d/$svc" stop >/dev/null 2>&1 || true
+	fi
+done
+# A default Postfix instance, if one was configured, must not be running.
+if [ -f /etc/postfix/main.cf ] && postfix status >/dev/null 2>&1; then
+	postfix stop >/dev/null 2>&1 || true
+fi
+
+for prog in /usr/sbin/smtp-sink /usr/sbin/postfix /usr/bin/swaks /usr/bin/python3 \
+	/usr/bin/systemd-socket-activate /usr/bin/tcpserver /usr/sbin/haproxy \
+	/usr/sbin/xinetd /usr/sbin/nginx /usr/bin/openssl /usr/sbin/mariadbd; do
+	if [ ! -x "$prog" ]; then
+		echo "test/deps.sh: $prog is still missing" >&2
+		exit 1
+	fi
+done
