@@ -101,7 +101,14 @@ func newMapping(mc MappingConfig) (Mapping, error) {
 // that answers decides. addr must be canonical (see canonicalAddress).
 func (ch *Chain) Route(ctx context.Context, addr, delimiter string) (Route, error) {
 	keys := lookupKeys(addr, delimiter)
+	literal := isAddressLiteral(addr)
 	for _, m := range ch.mappings {
+		if _, ok := m.(staticMapping); ok && literal {
+			// An address literal is routed only where a mapping names it
+			// exactly; a catch-all default must not make willi relay to
+			// arbitrary IP addresses.
+			continue
+		}
 		key, server, err := m.Lookup(ctx, keys)
 		if err != nil {
 			return Route{}, &lookupError{mapping: m.String(), err: err}

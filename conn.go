@@ -1,0 +1,120 @@
+package main
+
+import (
+	"errors"
+	"net"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
+)
+
+// clientConn returns the one connection this process serves: the socket
+// passed by systemd (LISTEN_FDS, fd 3), else standard input and output,
+// which may be a socket (inetd, xinetd, tcpserver, StandardInput=socket)
+// or a pair of pipes.
+func clientConn() (net.Conn, error) {
+	if os.Getenv("LISTEN_FDS") != "" {
+		files := activation.Files(true)
+		if len(files) != 1 {
+			return nil, errors.New("LISTEN_FDS set but not exactly one socket passed")
+		}
+		defer files[0].Close()
+		return net.FileConn(files[0])
+	}
+	if c, err := net.FileConn(os.Stdin); err == nil {
+		return c, nil
+	}
+	return newStdioConn(0, 1)
+}
+
+// stdioConn is a net.Conn over two pipes. The descriptors are duplicated and
+// made non-blocking so that the Go poller gives them deadlines, which TLS
+// and the command timeouts need.
+type stdioConn struct {
+	r, w *os.File
+}
+
+func newStdioConn(rfd, wfd int) (*stdioConn, error) {
+	open := func(fd int, name string) (*os.File, error) {
+		nfd, err := syscall.Dup(fd)
+		if err != nil {
+			return nil, err
+		}
+		syscall.CloseOnExec(nfd)
+		if err := syscall.SetNonblock(nfd, true); err != nil {
+			syscall.Close(nfd)
+			return nil, err
+		}
+		return os.NewFile(uintptr(nfd), name), nil
+	}
+	r, err := open(rfd, "stdin")
+	if err != nil {
+		return nil, err
+	}
+	w, err := open(wfd, "stdout")
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	return &stdioConn{r: r, w: w}, nil
+}
+
+func (p *stdioConn) Read(b []byte) (int, error)  { return p.r.Read(b) }
+func (p *stdioConn) Write(b []byte) (int, error) { return p.w.Write(b) }
+func (p *stdioConn) Close() error {
+	p.r.Close()
+	return p.w.Close()
+}
+func (p *stdioConn) LocalAddr() net.Addr  { return stdioAddr{} }
+func (p *stdioConn) RemoteAddr() net.Addr { return stdioAddr{} }
+func (p *stdioConn) SetDeadline(t time.Time) error {
+	p.SetReadDeadline(t)
+	return p.SetWriteDeadline(t)
+}
+func (p *stdioConn) SetReadDeadline(t time.Time) error  { return p.r.SetReadDeadline(t) }
+func (p *stdioConn) SetWriteDeadline(t time.Time) error { return p.w.SetWriteDeadline(t) }
+
+type stdioAddr struct{}
+
+func (stdioAddr) Network() string { return "pipe" }
+func (stdioAddr) String() string  { return "pipe" }
+
+// clientAddress finds the client's address: the socket's peer, else
+// REMOTE_ADDR/REMOTE_PORT (systemd), else TCPREMOTEIP/TCPREMOTEPORT
+// (tcpserver). A PROXY header, when trusted, overrides it later.
+func clientAddress(conn net.Conn) (net.IP, int) {
+	if a, ok := conn.RemoteAddr().(*net.TCPAddr); ok {
+		return unmap(a.IP), a.Port
+	}
+	for _, env := range [][2]string{{"REMOTE_ADDR", "REMOTE_PORT"}, {"TCPREMOTEIP", "TCPREMOTEPORT"}} {
+		if ip := net.ParseIP(os.Getenv(env[0])); ip != nil {
+			port, _ := strconv.Atoi(os.Getenv(env[1]))
+			return unmap(ip), port
+		}
+	}
+	return nil, 0
+}
+
+// localAddress is the address the client connected to, when known.
+func localAddress(conn net.Conn) net.Addr {
+	if a, ok := conn.LocalAddr().(*net.TCPAddr); ok {
+		return &net.TCPAddr{IP: unmap(a.IP), Port: a.Port}
+	}
+	if ip := net.ParseIP(os.Getenv("TCPLOCALIP")); ip != nil {
+		port, _ := strconv.Atoi(os.Getenv("TCPLOCALPORT"))
+		return &net.TCPAddr{IP: unmap(ip), Port: port}
+	}
+	return nil
+}
+
+// unmap turns an IPv4-mapped IPv6 address (a v4 client on a [::] socket)
+// into plain IPv4.
+func unmap(ip net.IP) net.IP {
+	if ip4 := ip.To4(); ip4 != nil {
+		return ip4
+	}
+	return ip
+}

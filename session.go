@@ -1,0 +1,750 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// phase is where the client is in the dialogue; the dispatcher checks it
+// for every command, in one place.
+type phase int
+
+const (
+	phaseGreet phase = iota // banner sent, no EHLO/HELO yet
+	phaseReady              // greeted, no transaction
+	phaseMail               // MAIL accepted, no recipient accepted yet
+	phaseRcpt               // at least one recipient accepted
+)
+
+const clientBufferSize = 32 << 10
+
+// Session is one client connection, from banner to close.
+type Session struct {
+	cfg   *Config
+	log   *slog.Logger
+	debug bool
+	ctx   context.Context
+	start time.Time
+	end   time.Time // the session's overall deadline
+
+	conn net.Conn
+	r    *bufio.Reader
+	wmu  sync.Mutex // the signal handler writes its 421 under it too
+	w    *bufio.Writer
+
+	clientIP        net.IP
+	clientPort      int
+	localAddr       net.Addr
+	clientNameCache string
+
+	// Seams for tests; real network and DNS by default.
+	dial       func(ctx context.Context, network, addr string) (net.Conn, error)
+	lookupName func(ctx context.Context, ip net.IP) string
+
+	phase   phase
+	helo    string
+	esmtp   bool
+	tlsInfo string // "" until the client's STARTTLS completed
+	errors  int    // consecutive protocol errors
+	closing bool   // end the session after the current reply
+	reason  string // why the session ended, for the log
+
+	chain    *Chain
+	up       *upstream // kept across transactions to the same route
+	tx       transaction
+	messages int
+}
+
+// transaction is the envelope of the current mail transaction.
+type transaction struct {
+	from      string
+	fromSet   bool
+	utf8      bool   // SMTPUTF8 given
+	body      string // BODY= value, upper case
+	size      int64  // SIZE= value
+	rcpts     []string
+	attempted int // RCPTs the client sent, accepted or not
+	route     Route
+	bound     bool // route fixed by the first accepted RCPT
+	start     time.Time
+}
+
+// newSession prepares a session on conn; nothing is read or written yet.
+func newSession(cfg *Config, conn net.Conn, log *slog.Logger) *Session {
+	s := &Session{
+		cfg:   cfg,
+		log:   log,
+		debug: log.Enabled(context.Background(), slog.LevelDebug),
+		ctx:   context.Background(),
+		start: time.Now(),
+		conn:  conn,
+		r:     bufio.NewReaderSize(conn, clientBufferSize),
+		w:     bufio.NewWriterSize(conn, 4096),
+	}
+	s.end = s.start.Add(cfg.SessionTimeout.Duration)
+	s.dial = (&net.Dialer{}).DialContext
+	s.lookupName = func(ctx context.Context, ip net.IP) string { return clientName(ctx, net.DefaultResolver, ip) }
+	return s
+}
+
+// deadline is now+d, but never past the session's overall deadline.
+func (s *Session) deadline(d time.Duration) time.Time {
+	t := time.Now().Add(d)
+	if t.After(s.end) {
+		return s.end
+	}
+	return t
+}
+
+// write queues a reply; replies go out in order, flushed before any read
+// that would block (RFC 2920).
+func (s *Session) write(r *Reply) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	buf := r.appendTo(make([]byte, 0, 128))
+	if s.debug {
+		s.log.Debug("c<", "reply", strings.TrimSuffix(string(buf), "\r\n"))
+	}
+	s.conn.SetWriteDeadline(s.deadline(s.cfg.CommandTimeout.Duration))
+	s.w.Write(buf)
+}
+
+func (s *Session) flush() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.conn.SetWriteDeadline(s.deadline(s.cfg.CommandTimeout.Duration))
+	return s.w.Flush()
+}
+
+// hangup ends the session after a read or write failure: a 421 when the
+// client timed out, nothing when it went away.
+func (s *Session) hangup(err error) *Reply {
+	s.closing = true
+	switch {
+	case err == nil:
+		s.reason = "tls-failed"
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		s.reason = "timeout"
+		return replyTimeout
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		s.reason = "client-closed"
+	default:
+		s.reason = "client-error"
+		s.log.Debug("client connection error", "err", err)
+	}
+	return nil
+}
+
+// serve runs the dialogue until the client quits, goes away or is sent away.
+func (s *Session) serve() {
+	defer s.finish()
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("internal error", "panic", p)
+			s.reason = "internal-error"
+			s.write(replyInternal)
+			s.flush()
+		}
+	}()
+	if s.earlyTalker() {
+		return
+	}
+	s.write(&Reply{Code: 220, Text: []string{s.cfg.Hostname + " ESMTP"}})
+	for !s.closing {
+		line, rep, err := s.readCommand()
+		if err != nil {
+			rep = s.hangup(err)
+		} else if rep == nil {
+			rep = s.dispatch(line)
+		} else {
+			rep = s.countError(rep)
+		}
+		if rep != nil {
+			s.write(rep)
+			if rep.closes() {
+				s.closing = true
+			}
+		}
+	}
+	s.flush()
+}
+
+// earlyTalker refuses a client that talks before the banner (RFC 5321
+// §4.3.1: the client waits for it), and an untrusted PROXY header.
+func (s *Session) earlyTalker() bool {
+	s.conn.SetReadDeadline(time.Now())
+	b, _ := s.r.Peek(1)
+	s.conn.SetReadDeadline(time.Time{})
+	if len(b) == 0 {
+		return false
+	}
+	b, _ = s.r.Peek(s.r.Buffered())
+	if looksLikeProxyHeader(b) {
+		s.log.Warn("PROXY header from an untrusted peer refused", "client", s.clientString())
+		s.reason = "untrusted-proxy"
+		return true
+	}
+	s.reason = "early-talker"
+	s.write(replyEarlyTalker)
+	s.flush()
+	return true
+}
+
+// readCommand reads one command line. It returns a reply instead of a line
+// when the line is unusable; err when the client is gone or silent.
+func (s *Session) readCommand() (string, *Reply, error) {
+	if s.r.Buffered() == 0 {
+		if err := s.flush(); err != nil {
+			return "", nil, err
+		}
+	}
+	s.conn.SetReadDeadline(s.deadline(s.cfg.CommandTimeout.Duration))
+	first, err := s.r.Peek(1)
+	if err != nil {
+		return "", nil, err
+	}
+	if c := first[0]; !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '\r' || c == '\n') {
+		// Not SMTP (a TLS ClientHello, binary): close at once, without
+		// waiting for a line end that may never come.
+		s.log.Info("non-SMTP input, closing", "first_octet", int(c))
+		s.closing, s.reason = true, "non-smtp"
+		return "", nil, nil
+	}
+	line, err := s.r.ReadSlice('\n')
+	if err == bufio.ErrBufferFull {
+		for err == bufio.ErrBufferFull {
+			_, err = s.r.ReadSlice('\n')
+		}
+		if err != nil {
+			return "", nil, err
+		}
+		return "", replyLineTooLong, nil
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	if len(line) > 512 {
+		return "", replyLineTooLong, nil
+	}
+	if len(line) < 2 || line[len(line)-2] != '\r' {
+		return "", replyBareLF, nil
+	}
+	line = line[:len(line)-2]
+	for _, c := range line {
+		if c < 0x20 && c != '\t' || c == 0x7f {
+			return "", replyBadChars, nil
+		}
+	}
+	if s.debug {
+		s.log.Debug("c>", "line", redactCommand(string(line)))
+	}
+	return string(line), nil, nil
+}
+
+// redactCommand keeps AUTH secrets out of the debug transcript.
+func redactCommand(l string) string {
+	if len(l) >= 4 && strings.EqualFold(l[:4], "AUTH") {
+		return "AUTH <redacted>"
+	}
+	return l
+}
+
+// command is one entry of the dispatcher's table.
+type command struct {
+	fn func(s *Session, arg string) *Reply
+	// seq returns the reply for a command out of sequence, nil when it is
+	// allowed in the current phase.
+	seq func(p phase) *Reply
+}
+
+func needGreeting(p phase) *Reply {
+	if p == phaseGreet {
+		return replyBadSequenceNoHelo
+	}
+	return nil
+}
+
+func needNoTransaction(p phase) *Reply {
+	switch p {
+	case phaseGreet:
+		return replyBadSequenceNoHelo
+	case phaseMail, phaseRcpt:
+		return replyNestedMail
+	}
+	return nil
+}
+
+func needMail(p phase) *Reply {
+	if p == phaseGreet || p == phaseReady {
+		return replyNeedMail
+	}
+	return nil
+}
+
+func outsideTransaction(p phase) *Reply {
+	if p == phaseMail || p == phaseRcpt {
+		return reply(503, "5.5.1", "Error: MAIL transaction in progress")
+	}
+	return nil
+}
+
+var commands map[string]command
+
+func init() {
+	commands = map[string]command{
+		"EHLO":     {fn: (*Session).cmdEhlo},
+		"HELO":     {fn: (*Session).cmdHelo},
+		"MAIL":     {fn: (*Session).cmdMail, seq: needNoTransaction},
+		"RCPT":     {fn: (*Session).cmdRcpt, seq: needMail},
+		"DATA":     {fn: (*Session).cmdData, seq: needMail},
+		"RSET":     {fn: (*Session).cmdRset},
+		"NOOP":     {fn: (*Session).cmdNoop},
+		"HELP":     {fn: (*Session).cmdHelp},
+		"VRFY":     {fn: (*Session).cmdVrfy},
+		"EXPN":     {fn: fixed(reply(502, "5.5.1", "Error: EXPN not implemented"))},
+		"QUIT":     {fn: (*Session).cmdQuit},
+		"STARTTLS": {fn: (*Session).cmdStartTLS, seq: outsideTransaction},
+		"AUTH":     {fn: fixed(replyNoAuth)},
+		"XCLIENT":  {fn: fixed(reply(550, "5.7.0", "Error: insufficient authorization"))},
+		"XFORWARD": {fn: fixed(reply(550, "5.7.0", "Error: insufficient authorization"))},
+		"BDAT":     {fn: fixed(replyBDAT)},
+		"TURN":     {fn: fixed(reply(502, "5.5.1", "Error: command not implemented"))},
+		"ETRN":     {fn: fixed(reply(502, "5.5.1", "Error: command not implemented"))},
+	}
+	for _, verb := range []string{"GET", "POST", "HEAD", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"} {
+		commands[verb] = command{fn: (*Session).cmdHTTP}
+	}
+}
+
+func fixed(r *Reply) func(*Session, string) *Reply {
+	return func(*Session, string) *Reply { return r }
+}
+
+// dispatch runs one command line and returns the reply to send.
+func (s *Session) dispatch(line string) *Reply {
+	verb, arg, _ := strings.Cut(line, " ")
+	verb = strings.ToUpper(verb)
+	cmd, ok := commands[verb]
+	if !ok {
+		s.log.Debug("unknown command", "verb", strconvQuote(verb, 10))
+		return s.countError(replyUnknownCommand)
+	}
+	if cmd.seq != nil {
+		if r := cmd.seq(s.phase); r != nil {
+			if verb == "DATA" && s.phase == phaseMail {
+				r = replyNeedRcpt
+				if s.tx.attempted > 0 {
+					r = replyNoValidRcpt
+				}
+			}
+			return s.countError(r)
+		}
+	}
+	return s.countError(cmd.fn(s, strings.TrimLeft(arg, " ")))
+}
+
+// countError counts consecutive protocol errors of willi's own (syntax and
+// sequence) and sends the client away after max_errors of them.
+func (s *Session) countError(r *Reply) *Reply {
+	if r == nil {
+		return nil
+	}
+	switch {
+	case r.Code/100 == 2 || r.Code/100 == 3:
+		s.errors = 0
+	case r.Code >= 500 && r.Code <= 504 || r.Code == 555:
+		s.errors++
+		if s.errors >= s.cfg.MaxErrors && !r.closes() {
+			s.write(r)
+			s.reason = "too-many-errors"
+			return replyTooManyErrors
+		}
+	}
+	return r
+}
+
+func strconvQuote(s string, n int) string {
+	if len(s) > n {
+		s = s[:n]
+	}
+	return strconv.Quote(s)
+}
+
+// EHLO (RFC 5321 §4.1.1.1).
+func (s *Session) cmdEhlo(arg string) *Reply {
+	if r := s.greet(arg, true); r != nil {
+		return r
+	}
+	lines := []string{s.cfg.Hostname, "PIPELINING", "SIZE " + strconv.FormatInt(s.cfg.MaxMessageSize, 10),
+		"8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES"}
+	if s.cfg.TLS != nil && s.tlsInfo == "" {
+		lines = append(lines, "STARTTLS")
+	}
+	return &Reply{Code: 250, Text: lines}
+}
+
+// HELO (RFC 5321 §4.1.1.1).
+func (s *Session) cmdHelo(arg string) *Reply {
+	if r := s.greet(arg, false); r != nil {
+		return r
+	}
+	return &Reply{Code: 250, Text: []string{s.cfg.Hostname}}
+}
+
+// greet records the client's name. Any printable text is accepted, as
+// Postfix does; it is only ever forwarded xtext-encoded (XCLIENT HELO=).
+// A greeting in the middle of a transaction resets it (RFC 5321 §4.1.4).
+func (s *Session) greet(arg string, esmtp bool) *Reply {
+	arg = strings.TrimSpace(arg)
+	if arg == "" {
+		if esmtp {
+			return reply(501, "5.5.4", "Syntax: EHLO hostname")
+		}
+		return reply(501, "5.5.4", "Syntax: HELO hostname")
+	}
+	s.resetTx()
+	s.helo, s.esmtp, s.phase = arg, esmtp, phaseReady
+	return nil
+}
+
+// MAIL (RFC 5321 §4.1.1.2): answered by willi; nothing goes upstream until
+// the first RCPT is routed.
+func (s *Session) cmdMail(arg string) *Reply {
+	p, r := parsePathArg(arg, "FROM:", true)
+	if r != nil {
+		return r
+	}
+	tx := transaction{from: p.addr, fromSet: true, start: time.Now()}
+	for _, prm := range p.params {
+		if !s.esmtp {
+			return reply(555, "5.5.4", "Error: parameters need EHLO")
+		}
+		switch prm.key {
+		case "SIZE":
+			n, err := strconv.ParseInt(prm.value, 10, 64)
+			if err != nil || n < 0 || len(prm.value) > 20 {
+				return reply(501, "5.5.4", "Error: bad SIZE parameter")
+			}
+			tx.size = n
+		case "BODY":
+			switch v := strings.ToUpper(prm.value); v {
+			case "7BIT", "8BITMIME":
+				tx.body = v
+			case "BINARYMIME":
+				return reply(504, "5.5.4", "Error: BINARYMIME not supported")
+			default:
+				return reply(501, "5.5.4", "Error: bad BODY parameter")
+			}
+		case "SMTPUTF8":
+			if prm.value != "" {
+				return reply(501, "5.5.4", "Error: SMTPUTF8 takes no value")
+			}
+			tx.utf8 = true
+		default:
+			return reply(555, "5.5.4", "Error: unsupported MAIL parameter %s", prm.key)
+		}
+	}
+	if p.utf8 && !tx.utf8 {
+		return reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
+	}
+	if tx.size > s.cfg.MaxMessageSize {
+		return replyMessageTooBig
+	}
+	s.tx = tx
+	s.phase = phaseMail
+	return reply(250, "2.1.0", "Ok")
+}
+
+// RCPT (RFC 5321 §4.1.1.3): route the recipient, open or reuse the
+// upstream, replay MAIL there, then relay the upstream's verdict.
+func (s *Session) cmdRcpt(arg string) *Reply {
+	p, r := parsePathArg(arg, "TO:", false)
+	if r != nil {
+		return r
+	}
+	if len(p.params) > 0 {
+		return reply(555, "5.5.4", "Error: unsupported RCPT parameter %s", p.params[0].key)
+	}
+	s.tx.attempted++
+	if p.utf8 && !s.tx.utf8 {
+		return reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
+	}
+	if len(s.tx.rcpts) >= s.cfg.MaxRecipients {
+		return replyTooManyRcpts
+	}
+	route, r := s.route(p.addr)
+	if r != nil {
+		return r
+	}
+	if s.tx.bound && route.ID() != s.tx.route.ID() {
+		s.log.Info("recipient deferred to a new transaction", "rcpt", p.addr, "upstream", route.ID(), "transaction_upstream", s.tx.route.ID())
+		return replyOtherUpstream
+	}
+	if !s.tx.bound {
+		if r := s.openTransaction(route); r != nil {
+			return r
+		}
+	}
+	if p.utf8 && !s.up.has("SMTPUTF8") {
+		return reply(553, "5.6.7", "Error: the upstream for this recipient does not support SMTPUTF8")
+	}
+	rep, err := s.up.cmd("RCPT TO:<" + p.addr + ">")
+	if err != nil {
+		return s.upstreamLost(err)
+	}
+	rep = s.up.relay(rep, true)
+	if rep.Code/100 == 3 {
+		s.up.close()
+		rep = replyUpstreamProtocol
+	}
+	if s.up.broken {
+		s.upstreamGone()
+		return rep
+	}
+	if rep.Code/100 == 2 {
+		s.tx.rcpts = append(s.tx.rcpts, p.addr)
+		s.phase = phaseRcpt
+	}
+	return rep
+}
+
+// route looks the recipient up in the mapping chain.
+func (s *Session) route(addr string) (Route, *Reply) {
+	if s.chain == nil {
+		ch, err := newChain(s.cfg)
+		if err != nil {
+			s.log.Error("mapping setup failed", "err", err)
+			return Route{}, replyBadRoute
+		}
+		s.chain = ch
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, lookupTimeout)
+	defer cancel()
+	route, err := s.chain.Route(ctx, addr, s.cfg.RecipientDelimiter)
+	var le *lookupError
+	var be *badRouteError
+	switch {
+	case err == nil:
+		s.log.Debug("routed", "rcpt", addr, "upstream", route.ID(), "mapping", route.Mapping, "key", route.Key)
+		return route, nil
+	case errors.Is(err, errNoRoute):
+		s.log.Info("no route", "rcpt", addr)
+		return Route{}, reply(550, "5.7.1", "<%s>: Relay access denied", addr)
+	case errors.As(err, &be):
+		s.log.Error("mapping returned a bad server", "err", err)
+		return Route{}, replyBadRoute
+	case errors.As(err, &le):
+		s.log.Error("mapping lookup failed", "err", err)
+		return Route{}, replyLookupFailed
+	}
+	s.log.Error("routing failed", "err", err)
+	return Route{}, replyLookupFailed
+}
+
+// lookupTimeout bounds one recipient's walk through the chain.
+const lookupTimeout = 10 * time.Second
+
+// openTransaction binds the transaction to route: reuse the open upstream
+// when it serves the same route, else dial; then replay MAIL there.
+func (s *Session) openTransaction(route Route) *Reply {
+	if s.up != nil && (s.up.broken || s.up.routeID != route.ID()) {
+		s.dropUpstream()
+	}
+	for attempt := 0; ; attempt++ {
+		reused := s.up != nil
+		if !reused {
+			u, r := s.dialUpstream(s.ctx, route)
+			if r != nil {
+				return r
+			}
+			s.up = u
+		}
+		r := s.upstreamMail()
+		if r == nil {
+			s.tx.route, s.tx.bound = route, true
+			return nil
+		}
+		if s.up.broken {
+			s.dropUpstream()
+			if reused && attempt == 0 {
+				continue // the kept connection died while idle: one fresh try
+			}
+		}
+		return r
+	}
+}
+
+// upstreamMail sends MAIL FROM with the client's parameters the upstream
+// supports, or refuses when the transaction needs an extension it lacks.
+func (s *Session) upstreamMail() *Reply {
+	u := s.up
+	if s.tx.body == "8BITMIME" && !u.has("8BITMIME") {
+		return reply(554, "5.6.3", "Error: the upstream for this recipient does not accept 8-bit MIME")
+	}
+	if (s.tx.utf8 && hasNonASCII(s.tx.from)) && !u.has("SMTPUTF8") {
+		return reply(553, "5.6.7", "Error: the upstream for this recipient does not support SMTPUTF8")
+	}
+	var b strings.Builder
+	b.WriteString("MAIL FROM:<" + s.tx.from + ">")
+	if s.tx.size > 0 && u.has("SIZE") {
+		b.WriteString(" SIZE=" + strconv.FormatInt(s.tx.size, 10))
+	}
+	if s.tx.body != "" && u.has("8BITMIME") {
+		b.WriteString(" BODY=" + s.tx.body)
+	}
+	if s.tx.utf8 && u.has("SMTPUTF8") {
+		b.WriteString(" SMTPUTF8")
+	}
+	r, err := u.cmd(b.String())
+	if err != nil {
+		return u.failure(err)
+	}
+	if r.Code/100 == 2 {
+		u.inTx = true
+		return nil
+	}
+	if r.Code/100 == 3 {
+		u.close()
+		return replyUpstreamProtocol
+	}
+	return u.relay(r, false)
+}
+
+func hasNonASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return true
+		}
+	}
+	return false
+}
+
+// upstreamLost answers a recipient whose upstream failed mid-command. The
+// transaction's recipients so far went nowhere; the client starts over.
+func (s *Session) upstreamLost(err error) *Reply {
+	r := s.up.failure(err)
+	s.upstreamGone()
+	return r
+}
+
+// upstreamGone unbinds the transaction from an upstream that was lost: the
+// recipients it had accepted are void, so DATA cannot be answered with a
+// 250 for them.
+func (s *Session) upstreamGone() {
+	s.dropUpstream()
+	s.tx.rcpts, s.tx.bound = nil, false
+	if s.phase == phaseRcpt {
+		s.phase = phaseMail
+	}
+}
+
+// dropUpstream ends the upstream connection (politely if it is usable).
+func (s *Session) dropUpstream() {
+	if s.up != nil {
+		s.up.quit()
+		s.up = nil
+	}
+}
+
+// resetTx clears the transaction; an upstream in a transaction gets RSET
+// (and is dropped if that fails).
+func (s *Session) resetTx() {
+	if s.up != nil && s.up.inTx {
+		r, err := s.up.cmd("RSET")
+		if err != nil || r.Code != 250 {
+			s.up.close()
+			s.up = nil
+		} else {
+			s.up.inTx = false
+		}
+	}
+	s.tx = transaction{}
+	if s.phase > phaseReady {
+		s.phase = phaseReady
+	}
+}
+
+// resetSession forgets everything after STARTTLS (RFC 3207 §4.2).
+func (s *Session) resetSession() {
+	s.resetTx()
+	s.dropUpstream()
+	s.helo, s.esmtp, s.phase = "", false, phaseGreet
+}
+
+// RSET (RFC 5321 §4.1.1.5).
+func (s *Session) cmdRset(arg string) *Reply {
+	if arg != "" {
+		return reply(501, "5.5.4", "Syntax: RSET")
+	}
+	s.resetTx()
+	return reply(250, "2.0.0", "Ok")
+}
+
+func (s *Session) cmdNoop(string) *Reply { return reply(250, "2.0.0", "Ok") }
+
+func (s *Session) cmdHelp(string) *Reply {
+	return reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP VRFY HELP QUIT")
+}
+
+// VRFY never consults the mapping (security rule 18).
+func (s *Session) cmdVrfy(arg string) *Reply {
+	if arg == "" {
+		return reply(501, "5.5.4", "Syntax: VRFY address")
+	}
+	return reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
+}
+
+func (s *Session) cmdQuit(arg string) *Reply {
+	if arg != "" {
+		return reply(501, "5.5.4", "Syntax: QUIT")
+	}
+	s.reason = "quit"
+	return reply(221, "2.0.0", "Bye")
+}
+
+func (s *Session) cmdHTTP(string) *Reply {
+	s.reason = "http"
+	s.log.Info("HTTP request on the SMTP port", "client", s.clientString())
+	return replyHTTP
+}
+
+func (s *Session) clientString() string {
+	if s.clientIP == nil {
+		return "unknown"
+	}
+	return net.JoinHostPort(s.clientIP.String(), strconv.Itoa(s.clientPort))
+}
+
+// finish ends the session: the upstream gets QUIT (or was already closed),
+// the client connection is closed, and the session's line is logged.
+func (s *Session) finish() {
+	if s.tx.bound && s.up != nil && s.up.inTx {
+		s.up.close() // a transaction never completed: no end of data
+	}
+	s.dropUpstream()
+	if s.chain != nil {
+		s.chain.Close()
+	}
+	s.conn.Close()
+	if s.reason == "" {
+		s.reason = "client-closed"
+	}
+	s.log.Info("session", "client", s.clientString(), "helo", s.helo, "tls", orNone(s.tlsInfo),
+		"messages", s.messages, "end", s.reason, "duration", time.Since(s.start).Round(time.Millisecond))
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
