@@ -1,0 +1,25 @@
+#!/bin/bash
+# The whole test suite: formatting and vet, unit, transcript and real-peer
+# tests, then every fuzz target for a short bounded time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
+
+unformatted=$(gofmt -l . | grep -v '^testdata/' || true)
+if [ -n "$unformatted" ]; then
+	echo "gofmt needed: $unformatted" >&2
+	exit 1
+fi
+go vet ./...
+
+go test -count=1 -timeout 30m ./...
+
+fuzztime=${FUZZTIME:-8s}
+for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' ./*_test.go | sed 's/^func //' | sort -u); do
+	echo "fuzz $target ($fuzztime)"
+	go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" . >/tmp/willi-fuzz.log 2>&1 || {
+		cat /tmp/willi-fuzz.log
+		exit 1
+	}
+done
+echo "fuzz: all targets passed"
