@@ -172,7 +172,7 @@ do_install() {
 
 	version=$("$D$PREFIX/bin/willi" version 2>/dev/null || true)
 	say ""
-	say "willi ${version:-(version unknown)} is installed in ${D:+$D}$PREFIX."
+	say "${version:-willi} is installed in $D$PREFIX."
 	if [ -n "$D" ]; then
 		return 0
 	fi
