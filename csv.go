@@ -10,7 +10,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/gocarina/gocsv"
 )
@@ -21,7 +23,7 @@ const (
 	csvMaxRecord = 1 << 20   // the fields of one record (quoted fields may span lines)
 )
 
-var utf8BOM = []byte{0xEF, 0xBB, 0xBF}
+var csvBOM = []byte{0xEF, 0xBB, 0xBF}
 
 // csvMapping routes by a CSV file with "pattern" and "server" columns.
 //
@@ -36,7 +38,8 @@ var utf8BOM = []byte{0xEF, 0xBB, 0xBF}
 type csvMapping struct {
 	file  string
 	f     *os.File // opened at the first Lookup; one snapshot per session
-	buf   []byte
+	size  int64
+	bufs  [][]byte             // one fixed buffer per part scanned in parallel
 	cache map[string]csvAnswer // per key, for later recipients of the session
 }
 
@@ -82,9 +85,21 @@ func (m *csvMapping) Lookup(ctx context.Context, keys []string) (string, string,
 			if err != nil {
 				return "", "", err
 			}
-			m.f, m.buf = f, make([]byte, csvMaxLine)
+			fi, err := f.Stat()
+			if err != nil {
+				f.Close()
+				return "", "", err
+			}
+			m.f, m.size = f, fi.Size()
+			m.bufs = make([][]byte, 1, csvMaxParts)
+			m.bufs[0] = make([]byte, csvMaxLine)
+			if m.size >= csvParallelMin {
+				for len(m.bufs) < min(runtime.GOMAXPROCS(0), csvMaxParts) {
+					m.bufs = append(m.bufs, make([]byte, csvMaxLine))
+				}
+			}
 		}
-		got, err := scanCSV(ctx, m.file, m.f, m.buf, need)
+		got, err := scanCSV(ctx, m.file, m.f, m.size, m.bufs, need)
 		if err != nil {
 			return "", "", err
 		}
@@ -199,23 +214,30 @@ func csvParseError(file string, err error) error {
 
 // csvScanner hands out physical lines from a fixed buffer, normalised as
 // encoding/csv's readLine does ("\r\n" to "\n", a last "\r" dropped), and
-// notes whether a line may need the slow path (quotes, non-ASCII bytes).
+// notes whether a line holds a quote (and so needs the full record parser).
 type csvScanner struct {
 	file    string
 	r       io.ReaderAt
-	off     int64
+	off     int64 // file offset of buf[hi]
 	buf     []byte
 	lo, hi  int
 	eof     bool
 	line    int // number of the last line returned
 	quoteAt int // index of the next '"' at or after lo, or hi
-	highAt  int // index of the next byte >= 0x80 at or after lo, or hi
 }
+
+func newCSVScanner(file string, r io.ReaderAt, off int64, buf []byte) *csvScanner {
+	return &csvScanner{file: file, r: r, off: off, buf: buf, quoteAt: -1}
+}
+
+// pos is the file offset of the next line.
+func (s *csvScanner) pos() int64 { return s.off - int64(s.hi-s.lo) }
 
 func (s *csvScanner) fill() error {
 	if s.lo > 0 {
 		copy(s.buf, s.buf[s.lo:s.hi])
 		s.hi -= s.lo
+		s.quoteAt -= s.lo
 		s.lo = 0
 	}
 	n, err := s.r.ReadAt(s.buf[s.hi:], s.off)
@@ -224,12 +246,15 @@ func (s *csvScanner) fill() error {
 	if err == io.EOF {
 		s.eof, err = true, nil
 	}
-	s.quoteAt, s.highAt = -1, -1
+	if s.quoteAt >= s.hi-n { // "none before hi" no longer covers the new bytes
+		s.quoteAt = -1
+	}
 	s.marks()
 	return err
 }
 
-// marks refreshes quoteAt and highAt once lo has passed them.
+// marks refreshes quoteAt once lo has passed it: one SIMD search per quote,
+// not per line.
 func (s *csvScanner) marks() {
 	if s.quoteAt < s.lo {
 		s.quoteAt = s.hi
@@ -237,18 +262,15 @@ func (s *csvScanner) marks() {
 			s.quoteAt = s.lo + i
 		}
 	}
-	if s.highAt < s.lo {
-		s.highAt = s.lo + indexNonASCII(s.buf[s.lo:s.hi])
-	}
 }
 
 // next returns the next line (valid until the next call), whether it holds
-// a quote or a non-ASCII byte, and ok=false at the end of the file.
-func (s *csvScanner) next() (line []byte, quote, high, ok bool, err error) {
+// a quote, and ok=false at the end of the file.
+func (s *csvScanner) next() (line []byte, quote, ok bool, err error) {
 	for {
 		i := bytes.IndexByte(s.buf[s.lo:s.hi], '\n')
 		if i < 0 && s.hi-s.lo == len(s.buf) {
-			return nil, false, false, false, &csvError{s.file, s.line + 1, fmt.Sprintf("line longer than %d bytes", csvMaxLine)}
+			return nil, false, false, &csvError{s.file, s.line + 1, fmt.Sprintf("line longer than %d bytes", csvMaxLine)}
 		}
 		if i >= 0 {
 			end := s.lo + i + 1
@@ -257,75 +279,79 @@ func (s *csvScanner) next() (line []byte, quote, high, ok bool, err error) {
 				line[n-2] = '\n'
 				line = line[:n-1]
 			}
-			quote, high = s.quoteAt < end, s.highAt < end
+			quote = s.quoteAt < end
 			s.lo = end
 			s.marks()
 			s.line++
-			return line, quote, high, true, nil
+			return line, quote, true, nil
 		}
 		if s.eof {
 			if s.lo == s.hi {
-				return nil, false, false, false, nil
+				return nil, false, false, nil
 			}
 			line = s.buf[s.lo:s.hi]
-			quote, high = s.quoteAt < s.hi, s.highAt < s.hi
+			quote = s.quoteAt < s.hi
 			s.lo = s.hi
 			s.line++
 			if line[len(line)-1] == '\r' {
 				line = line[:len(line)-1]
 			}
-			return line, quote, high, true, nil
+			return line, quote, true, nil
 		}
 		if err := s.fill(); err != nil {
-			return nil, false, false, false, err
+			return nil, false, false, err
 		}
 	}
 }
 
-// indexNonASCII finds the first byte >= 0x80, eight bytes at a time.
-func indexNonASCII(b []byte) int {
+// csvNonASCII reports a byte >= 0x80, eight bytes at a time.
+func csvNonASCII(b []byte) bool {
+	var acc uint64
 	i := 0
 	for ; i+8 <= len(b); i += 8 {
-		if binary.LittleEndian.Uint64(b[i:])&0x8080808080808080 != 0 {
-			break
-		}
+		acc |= binary.LittleEndian.Uint64(b[i:])
 	}
 	for ; i < len(b); i++ {
-		if b[i] >= 0x80 {
-			return i
-		}
+		acc |= uint64(b[i])
 	}
-	return len(b)
+	return acc&0x8080808080808080 != 0
 }
 
-func lengthNL(b []byte) int {
+func csvLengthNL(b []byte) int {
 	if len(b) > 0 && b[len(b)-1] == '\n' {
 		return 1
 	}
 	return 0
 }
 
+// Files at least this big are scanned in parallel parts, one per CPU (at
+// most csvMaxParts): a lookup is bound by memory bandwidth per core.
+const (
+	csvParallelMin = 2 << 20
+	csvMaxParts    = 4
+)
+
 // scanCSV reads the file once and returns, for each key, the server of the
-// first row whose pattern is that key. keys must be lower case.
-func scanCSV(ctx context.Context, file string, r io.ReaderAt, buf []byte, keys []string) ([]csvAnswer, error) {
-	s := &csvScanner{file: file, r: r, buf: buf}
+// first row whose pattern is that key. keys must be lower case. bufs holds
+// one fixed buffer per part.
+func scanCSV(ctx context.Context, file string, r io.ReaderAt, size int64, bufs [][]byte, keys []string) ([]csvAnswer, error) {
+	s := newCSVScanner(file, r, 0, bufs[0])
 	if err := s.fill(); err != nil {
 		return nil, err
 	}
-	if bytes.HasPrefix(s.buf[:s.hi], utf8BOM) {
-		s.lo = len(utf8BOM)
-		s.marks()
+	if bytes.HasPrefix(s.buf[:s.hi], csvBOM) {
+		s.lo = len(csvBOM)
 	}
 	var h csvHeader
 	for {
-		line, _, _, ok, err := s.next()
+		line, _, ok, err := s.next()
 		if err != nil {
 			return nil, err
 		}
 		if !ok {
 			return nil, &csvError{file, 0, "no header line"}
 		}
-		if len(line) > 0 && line[0] == '#' || len(line) == lengthNL(line) {
+		if len(line) > 0 && line[0] == '#' || len(line) == csvLengthNL(line) {
 			continue
 		}
 		if h, err = parseCSVHeader(file, s.line, line); err != nil {
@@ -333,56 +359,254 @@ func scanCSV(ctx context.Context, file string, r io.ReaderAt, buf []byte, keys [
 		}
 		break
 	}
+
+	// Split the rest at line starts. A part's scan stops at the first
+	// record that starts at or past the next part's start; if that is not
+	// exactly there (a quoted field ran over the split), the rest is
+	// scanned again in sequence from where it stopped.
+	parts := []*csvScanner{s}
+	starts := []int64{s.pos()}
+	if n := min(runtime.GOMAXPROCS(0), csvMaxParts, len(bufs)); n > 1 && size >= csvParallelMin {
+		for i := 1; i < n; i++ {
+			p := newCSVScanner(file, r, size*int64(i)/int64(n)-1, bufs[i])
+			if _, _, ok, err := p.next(); err != nil || !ok || p.pos() <= starts[len(starts)-1] {
+				break // the rest is one long line or tiny: keep it whole
+			}
+			p.line = 0
+			parts = append(parts, p)
+			starts = append(starts, p.pos())
+		}
+	}
+	results := make([]csvPart, len(parts))
+	var wg sync.WaitGroup
+	for i := range parts {
+		limit := int64(-1)
+		if i+1 < len(parts) {
+			limit = starts[i+1]
+		}
+		run := func() { results[i] = scanPart(ctx, parts[i], h, keys, limit) }
+		if i == 0 {
+			continue
+		}
+		wg.Add(1)
+		go func() { defer wg.Done(); run() }()
+	}
+	lim0 := int64(-1)
+	if len(parts) > 1 {
+		lim0 = starts[1]
+	}
+	results[0] = scanPart(ctx, parts[0], h, keys, lim0)
+	wg.Wait()
+
+	out := results[0].out
+	res := results[0]
+	for i := 1; i < len(parts) && res.err == nil; i++ {
+		base := res.lines
+		if res.stop != starts[i] {
+			p := newCSVScanner(file, r, res.stop, parts[i].buf)
+			p.line = base
+			res = scanPart(ctx, p, h, keys, -1)
+			csvMergeAnswers(out, res.out)
+			break
+		}
+		res = results[i]
+		res.lines += base
+		var ce *csvError
+		if errors.As(res.err, &ce) {
+			res.err = &csvError{ce.file, ce.line + base, ce.msg}
+		}
+		csvMergeAnswers(out, res.out)
+	}
+	if res.err != nil {
+		return nil, res.err
+	}
+	return out, nil
+}
+
+// csvTrimSpace is bytes.TrimSpace without its cost when neither end can be
+// white space, the usual case.
+func csvTrimSpace(b []byte) []byte {
+	if len(b) > 0 && ' ' < b[0] && b[0] < 0x80 && ' ' < b[len(b)-1] && b[len(b)-1] < 0x80 {
+		return b
+	}
+	return bytes.TrimSpace(b)
+}
+
+// csvMergeAnswers adds later answers where earlier parts of the file had none.
+func csvMergeAnswers(out, later []csvAnswer) {
+	for i := range out {
+		if !out[i].found && i < len(later) {
+			out[i] = later[i]
+		}
+	}
+}
+
+// csvPart is what one part of the file yielded.
+type csvPart struct {
+	out   []csvAnswer
+	stop  int64 // offset of the first record not scanned
+	lines int   // lines consumed
+	err   error
+}
+
+// scanPart scans records until the end of the file or, with limit >= 0,
+// until the first record starting at or after limit.
+func scanPart(ctx context.Context, s *csvScanner, h csvHeader, keys []string, limit int64) csvPart {
 	out := make([]csvAnswer, len(keys))
+	fail := func(err error) csvPart { return csvPart{err: err} }
 	var rec csvRecord
 	for n := 0; ; n++ {
-		if n&4095 == 0 && ctx.Err() != nil {
-			return nil, ctx.Err()
+		if n&255 == 0 && ctx.Err() != nil {
+			return fail(ctx.Err())
 		}
-		line, quote, high, ok, err := s.next()
+		if limit >= 0 && s.pos() >= limit {
+			return csvPart{out: out, stop: s.pos(), lines: s.line}
+		}
+		if done, err := s.region(h, keys, out, limit); err != nil {
+			return fail(err)
+		} else if done > 0 {
+			continue
+		}
+		line, quote, ok, err := s.next()
 		if err != nil {
-			return nil, err
+			return fail(err)
 		}
 		if !ok {
-			return out, nil
+			return csvPart{out: out, stop: s.pos(), lines: s.line}
 		}
-		if len(line) > 0 && line[0] == '#' || len(line) == lengthNL(line) {
+		if len(line) > 0 && line[0] == '#' || len(line) == csvLengthNL(line) {
 			continue
 		}
 		recLine := s.line
 		var pat, srv []byte
 		if !quote {
-			pat, srv, err = splitSimple(s, h, line)
+			pat, srv, err = csvSplitSimple(s, h, line)
 		} else {
 			pat, srv, err = rec.read(s, h, line)
-			high = true // a quoted record may span lines not checked above
+		}
+		if err == nil {
+			err = csvMatch(s.file, recLine, pat, srv, keys, out)
 		}
 		if err != nil {
-			return nil, err
-		}
-		pat, srv = bytes.TrimSpace(pat), bytes.TrimSpace(srv)
-		if len(pat) == 0 || len(srv) == 0 {
-			return nil, csvRowError(file, recLine, string(pat), string(srv))
-		}
-		if high {
-			lp := strings.ToLower(string(pat))
-			for i, k := range keys {
-				if !out[i].found && lp == k {
-					out[i] = csvAnswer{string(srv), true}
-				}
-			}
-			continue
-		}
-		for i, k := range keys {
-			if len(k) == len(pat) && !out[i].found && asciiLowerEqual(pat, k) {
-				out[i] = csvAnswer{string(srv), true}
-			}
+			return fail(err)
 		}
 	}
 }
 
-// asciiLowerEqual reports whether the ASCII bytes b, lower-cased, equal k.
-func asciiLowerEqual(b []byte, k string) bool {
+// csvMatch records the row for each key its pattern equals, unless an
+// earlier row already answered that key.
+func csvMatch(file string, line int, pat, srv []byte, keys []string, out []csvAnswer) error {
+	pat = csvTrimSpace(pat)
+	if len(pat) == 0 || len(csvTrimSpace(srv)) == 0 {
+		return csvRowError(file, line, string(pat), string(csvTrimSpace(srv)))
+	}
+	if csvNonASCII(pat) {
+		// Unicode lower-casing may change lengths: compare the slow way.
+		lp := strings.ToLower(string(pat))
+		for i, k := range keys {
+			if !out[i].found && lp == k {
+				out[i] = csvAnswer{string(csvTrimSpace(srv)), true}
+			}
+		}
+		return nil
+	}
+	for i, k := range keys {
+		if len(k) == len(pat) && !out[i].found && csvASCIILowerEqual(pat, k) {
+			out[i] = csvAnswer{string(csvTrimSpace(srv)), true}
+		}
+	}
+	return nil
+}
+
+// region handles the complete lines in the buffer that come before the
+// next quote (and before limit) in one tight loop: the bulk of a file.
+// Instead of checking per line that no field is left over, it counts the
+// delimiters of the whole region once (a SIMD count) against what the
+// lines need; only on a mismatch does it look for the faulty line.
+func (s *csvScanner) region(h csvHeader, keys []string, out []csvAnswer, limit int64) (int, error) {
+	if s.quoteAt < s.lo || s.lo == s.hi {
+		return 0, nil // nothing buffered yet
+	}
+	end := min(s.quoteAt, s.hi)
+	if limit >= 0 {
+		// Only lines starting before limit (at buffer index l > lo).
+		if l := int(limit - (s.off - int64(s.hi))); l < end {
+			if i := bytes.IndexByte(s.buf[l-1:end], '\n'); i >= 0 {
+				end = l + i
+			}
+		}
+	}
+	end = bytes.LastIndexByte(s.buf[s.lo:end], '\n') + 1
+	if end == 0 {
+		return 0, nil
+	}
+	end += s.lo
+	region := s.buf[s.lo:end]
+	lines, data, spare := 0, 0, 0
+	for rest := region; len(rest) > 0; {
+		nl := bytes.IndexByte(rest, '\n')
+		line := rest[:nl]
+		rest = rest[nl+1:]
+		lines++
+		if len(line) > 0 && line[len(line)-1] == '\r' {
+			line = line[:len(line)-1]
+		}
+		if len(line) == 0 {
+			continue
+		}
+		if line[0] == '#' {
+			spare += bytes.Count(line, []byte{h.delim})
+			continue
+		}
+		data++
+		var pat, srv []byte
+		for col := 0; ; col++ {
+			if col == h.fields-1 {
+				if col == h.patternCol {
+					pat = line
+				} else if col == h.serverCol {
+					srv = line
+				}
+				break
+			}
+			i := bytes.IndexByte(line, h.delim)
+			if i < 0 {
+				return 0, csvParseError(s.file, &csv.ParseError{Line: s.line + lines, Err: csv.ErrFieldCount})
+			}
+			if col == h.patternCol {
+				pat = line[:i]
+			} else if col == h.serverCol {
+				srv = line[:i]
+			}
+			line = line[i+1:]
+		}
+		if err := csvMatch(s.file, s.line+lines, pat, srv, keys, out); err != nil {
+			return 0, err
+		}
+	}
+	if bytes.Count(region, []byte{h.delim})-spare != data*(h.fields-1) {
+		// Some line has a field too many: find it the slow way.
+		for rest := region; len(rest) > 0; s.line++ {
+			nl := bytes.IndexByte(rest, '\n')
+			line := rest[:nl+1]
+			rest = rest[nl+1:]
+			if len(line) > 1 && line[0] != '#' && !(len(line) == 2 && line[0] == '\r') {
+				s.line++
+				if _, _, err := csvSplitSimple(s, h, line); err != nil {
+					return 0, err
+				}
+				s.line--
+			}
+		}
+		return 0, errors.New("internal error: delimiter count")
+	}
+	s.lo = end
+	s.line += lines
+	return lines, nil
+}
+
+// csvASCIILowerEqual reports whether the ASCII bytes b, lower-cased, equal k.
+func csvASCIILowerEqual(b []byte, k string) bool {
 	for i := 0; i < len(b); i++ {
 		c := b[i]
 		if 'A' <= c && c <= 'Z' {
@@ -395,9 +619,9 @@ func asciiLowerEqual(b []byte, k string) bool {
 	return true
 }
 
-// splitSimple splits a line without quotes: the common case, no copying.
-func splitSimple(s *csvScanner, h csvHeader, line []byte) (pat, srv []byte, err error) {
-	line = line[:len(line)-lengthNL(line)]
+// csvSplitSimple splits a line without quotes: the common case, no copying.
+func csvSplitSimple(s *csvScanner, h csvHeader, line []byte) (pat, srv []byte, err error) {
+	line = line[:len(line)-csvLengthNL(line)]
 	col := 0
 	for start := 0; ; col++ {
 		i := bytes.IndexByte(line[start:], h.delim)
@@ -445,7 +669,7 @@ fields:
 			if i >= 0 {
 				field = field[:i]
 			} else {
-				field = field[:len(field)-lengthNL(field)]
+				field = field[:len(field)-csvLengthNL(field)]
 			}
 			if bytes.IndexByte(field, '"') >= 0 {
 				return nil, nil, quoteErr(s.line, csv.ErrBareQuote)
@@ -474,7 +698,7 @@ fields:
 					line = line[1:]
 					r.ends = append(r.ends, len(r.buf))
 					continue fields
-				case lengthNL(line) == len(line):
+				case csvLengthNL(line) == len(line):
 					r.ends = append(r.ends, len(r.buf))
 					break fields
 				default:
@@ -482,7 +706,7 @@ fields:
 				}
 			} else if len(line) > 0 {
 				r.buf = append(r.buf, line...)
-				next, _, _, _, err := s.next()
+				next, _, _, err := s.next()
 				if err != nil {
 					return nil, nil, err
 				}
@@ -523,8 +747,8 @@ type csvRow struct {
 // the line it starts on. Values are trimmed and patterns lower-cased.
 func readCSV(file string, in io.Reader, fn func(line int, row csvRow) error) error {
 	br := bufio.NewReaderSize(in, 64<<10)
-	if b, _ := br.Peek(len(utf8BOM)); bytes.Equal(b, utf8BOM) {
-		br.Discard(len(utf8BOM))
+	if b, _ := br.Peek(len(csvBOM)); bytes.Equal(b, csvBOM) {
+		br.Discard(len(csvBOM))
 	}
 	// Find the header line to learn the delimiter; encoding/csv then reads
 	// the same bytes again from the start.
@@ -532,7 +756,7 @@ func readCSV(file string, in io.Reader, fn func(line int, row csvRow) error) err
 	var h csvHeader
 	for lineNo := 1; ; lineNo++ {
 		raw, err := br.ReadBytes('\n')
-		if len(raw)-lengthNL(raw) >= csvMaxLine {
+		if len(raw)-csvLengthNL(raw) >= csvMaxLine {
 			return &csvError{file, lineNo, fmt.Sprintf("line longer than %d bytes", csvMaxLine)}
 		}
 		if err != nil && err != io.EOF {
@@ -542,8 +766,8 @@ func readCSV(file string, in io.Reader, fn func(line int, row csvRow) error) err
 			return &csvError{file, 0, "no header line"}
 		}
 		prefix = append(prefix, raw...)
-		line := normaliseLine(raw, err == io.EOF)
-		if len(line) > 0 && line[0] == '#' || len(line) == lengthNL(line) {
+		line := csvNormaliseLine(raw, err == io.EOF)
+		if len(line) > 0 && line[0] == '#' || len(line) == csvLengthNL(line) {
 			if err == io.EOF {
 				return &csvError{file, 0, "no header line"}
 			}
@@ -554,7 +778,7 @@ func readCSV(file string, in io.Reader, fn func(line int, row csvRow) error) err
 		}
 		break
 	}
-	cr := csv.NewReader(&lineLimitReader{file: file, r: io.MultiReader(bytes.NewReader(prefix), br), line: 1})
+	cr := csv.NewReader(&csvLineLimitReader{file: file, r: io.MultiReader(bytes.NewReader(prefix), br), line: 1})
 	cr.Comma = rune(h.delim)
 	cr.Comment = '#'
 	cr.ReuseRecord = true
@@ -593,8 +817,8 @@ func readCSV(file string, in io.Reader, fn func(line int, row csvRow) error) err
 	}
 }
 
-// normaliseLine is encoding/csv's line normalisation, on a copy.
-func normaliseLine(raw []byte, eof bool) []byte {
+// csvNormaliseLine is encoding/csv's line normalisation, on a copy.
+func csvNormaliseLine(raw []byte, eof bool) []byte {
 	line := append([]byte(nil), raw...)
 	if n := len(line); eof && n > 0 && line[n-1] == '\r' {
 		line = line[:n-1]
@@ -606,16 +830,16 @@ func normaliseLine(raw []byte, eof bool) []byte {
 	return line
 }
 
-// lineLimitReader enforces csvMaxLine for the full parse as the scanner's
+// csvLineLimitReader enforces csvMaxLine for the full parse as the scanner's
 // fixed buffer does for lookups.
-type lineLimitReader struct {
+type csvLineLimitReader struct {
 	file string
 	r    io.Reader
 	n    int // bytes in the current line so far
 	line int
 }
 
-func (l *lineLimitReader) Read(p []byte) (int, error) {
+func (l *csvLineLimitReader) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p)
 	for i := 0; i < n; {
 		j := bytes.IndexByte(p[i:n], '\n')

@@ -632,7 +632,7 @@ func TestDeployMakeBuildStampsVersion(t *testing.T) {
 		t.Errorf("willi version after make build VERSION=v7.7.7-stamp: %q", out)
 	}
 	// make test runs the suite's own script, as the README says.
-	n := exec.Command("make", "-n", "test")
+	n := exec.Command("make", "-n", "--no-print-directory", "test")
 	n.Dir = dir
 	if out, err := n.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "bash test/run.sh" {
 		t.Errorf("make -n test: %v %q, want \"bash test/run.sh\"", err, out)

@@ -37,7 +37,7 @@ type mysqlMapping struct {
 func newMySQLMapping(dsn, query string) (Mapping, error) {
 	cfg, err := mysql.ParseDSN(dsn)
 	if err != nil {
-		return nil, errors.New(scrub("mysql dsn: "+err.Error(), dsnPassword(dsn)))
+		return nil, errors.New(scrubPassword("mysql dsn: "+err.Error(), dsnPassword(dsn)))
 	}
 	if strings.Count(query, "?") != 1 {
 		return nil, errors.New("mysql query must have exactly one ? for the key")
@@ -72,7 +72,7 @@ func (m *mysqlMapping) open(ctx context.Context) error {
 	if m.db == nil {
 		conn, err := mysql.NewConnector(m.cfg)
 		if err != nil {
-			return m.scrub(err)
+			return m.scrubPassword(err)
 		}
 		m.db = sql.OpenDB(conn)
 		m.db.SetMaxOpenConns(1)
@@ -82,7 +82,7 @@ func (m *mysqlMapping) open(ctx context.Context) error {
 	defer cancel()
 	stmt, err := m.db.PrepareContext(ctx, m.query)
 	if err != nil {
-		return m.scrub(err)
+		return m.scrubPassword(err)
 	}
 	m.stmt = stmt
 	return nil
@@ -98,7 +98,7 @@ func (m *mysqlMapping) Lookup(ctx context.Context, keys []string) (string, strin
 	for _, k := range keys {
 		server, err := m.lookup1(ctx, k)
 		if err != nil {
-			return "", "", m.scrub(err)
+			return "", "", m.scrubPassword(err)
 		}
 		if server != "" {
 			return k, server, nil
@@ -150,7 +150,7 @@ func (m *mysqlMapping) Check(ctx context.Context) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.ReadTimeout)
 	defer cancel()
 	if err := m.db.PingContext(ctx); err != nil {
-		return nil, m.scrub(err)
+		return nil, m.scrubPassword(err)
 	}
 	return nil, nil
 }
@@ -165,19 +165,19 @@ func (m *mysqlMapping) Close() error {
 		errs = append(errs, m.db.Close())
 		m.db = nil
 	}
-	return m.scrub(errors.Join(errs...))
+	return m.scrubPassword(errors.Join(errs...))
 }
 
 // scrub keeps the DSN's password out of an error text, whatever layer
 // wrote it.
-func (m *mysqlMapping) scrub(err error) error {
+func (m *mysqlMapping) scrubPassword(err error) error {
 	if err == nil || m.passwd == "" || !strings.Contains(err.Error(), m.passwd) {
 		return err
 	}
-	return errors.New(scrub(err.Error(), m.passwd))
+	return errors.New(scrubPassword(err.Error(), m.passwd))
 }
 
-func scrub(s, passwd string) string {
+func scrubPassword(s, passwd string) string {
 	if passwd == "" {
 		return s
 	}
@@ -204,5 +204,5 @@ func dsnPassword(dsn string) string {
 type driverLogger struct{ m *mysqlMapping }
 
 func (l driverLogger) Print(v ...any) {
-	slog.Default().Warn(scrub(strings.TrimSpace(fmt.Sprint(v...)), l.m.passwd), "mapping", l.m.name)
+	slog.Default().Warn(scrubPassword(strings.TrimSpace(fmt.Sprint(v...)), l.m.passwd), "mapping", l.m.name)
 }

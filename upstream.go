@@ -200,11 +200,20 @@ func (u *upstream) quit() {
 // ehlo greets and records the extensions; falls back to HELO if EHLO is
 // refused (RFC 5321 §3.2).
 func (u *upstream) ehlo() (*Reply, error) {
-	r, err := u.cmd("EHLO " + u.s.cfg.Hostname)
+	return u.greet(u.s.cfg.Hostname, true)
+}
+
+// greet sends EHLO name (HELO when esmtp is false or EHLO is refused with
+// 5xx) and records the extensions the upstream offers.
+func (u *upstream) greet(name string, esmtp bool) (*Reply, error) {
+	u.ext = map[string]string{}
+	if !esmtp {
+		return u.cmd("HELO " + name)
+	}
+	r, err := u.cmd("EHLO " + name)
 	if err != nil {
 		return nil, err
 	}
-	u.ext = map[string]string{}
 	if r.Code == 250 {
 		for _, l := range r.Text[1:] {
 			k, v, _ := strings.Cut(l, " ")
@@ -215,7 +224,7 @@ func (u *upstream) ehlo() (*Reply, error) {
 	if r.Code/100 != 5 {
 		return r, nil
 	}
-	return u.cmd("HELO " + u.s.cfg.Hostname)
+	return u.cmd("HELO " + name)
 }
 
 func (u *upstream) has(ext string) bool {

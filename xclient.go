@@ -212,8 +212,13 @@ func (u *upstream) sendXCLIENT() *Reply {
 	}
 	u.xclient = "accepted"
 	// XCLIENT_README: the server answers as if a new client connected; the
-	// client must greet again.
-	r, err := u.ehlo()
+	// client greets again, with the client's own HELO name and verb, or the
+	// new greeting would replace the HELO and PROTO just sent.
+	name, esmtp := u.s.helo, u.s.esmtp
+	if name == "" || len(name) > maxXCLIENTValue {
+		name, esmtp = u.s.cfg.Hostname, true
+	}
+	r, err := u.greet(name, esmtp)
 	if err != nil {
 		return u.failure(err)
 	}

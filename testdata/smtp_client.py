@@ -26,6 +26,7 @@ def main():
     try:
         s = smtplib.SMTP(timeout=spec.get("timeout", 60), source_address=source)
         res["banner"] = reply(*s.connect(host, int(port)))
+        s._host = host  # older smtplib leaves it empty: starttls needs it for SNI
         res["ehlo"] = reply(*s.ehlo(spec["helo"]))
         if spec.get("starttls"):
             ctx = ssl.create_default_context()
