@@ -272,6 +272,11 @@ func canonicalDomain(d string) (string, *Reply) {
 			if ip == nil || ip.To4() != nil && !strings.Contains(v6, ":") {
 				return "", replyAddrSyntax
 			}
+			if ip4 := ip.To4(); ip4 != nil {
+				// ip.String() would print a v4-mapped address as a bare
+				// IPv4 address, which is no IPv6 literal.
+				return "[IPv6:::ffff:" + ip4.String() + "]", nil
+			}
 			return "[IPv6:" + ip.String() + "]", nil
 		}
 		ip := net.ParseIP(lit)
@@ -283,6 +288,10 @@ func canonicalDomain(d string) (string, *Reply) {
 	d = strings.TrimSuffix(d, ".")
 	for i := 0; i < len(d); i++ {
 		if d[i] >= 0x80 {
+			// idna maps invalid UTF-8 to U+FFFD instead of failing.
+			if !utf8.ValidString(d) {
+				return "", replyAddrSyntax
+			}
 			a, err := idna.Lookup.ToASCII(d)
 			if err != nil {
 				return "", replyAddrSyntax

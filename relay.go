@@ -13,7 +13,7 @@ func (s *Session) cmdData(arg string) *Reply {
 	if arg != "" {
 		return reply(501, "5.5.4", "Syntax: DATA")
 	}
-	if !s.tx.bound || s.up == nil {
+	if !s.tx.bound || s.up == nil || len(s.tx.rcpts) == 0 {
 		return replyNoValidRcpt
 	}
 	u := s.up

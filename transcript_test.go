@@ -191,8 +191,14 @@ func runTranscript(t *testing.T, file string) {
 		}
 	}
 	dir := t.TempDir()
-	conf := "hostname = \"mx.test\"\ncommand_timeout = \"2s\"\nupstream_command_timeout = \"2s\"\nupstream_data_timeout = \"2s\"\n" +
-		strings.Join(top, "\n") + "\n"
+	// The script's config: lines replace these defaults.
+	conf := strings.Join(top, "\n") + "\n"
+	for _, d := range []string{`hostname = "mx.test"`, `command_timeout = "2s"`, `upstream_command_timeout = "2s"`, `upstream_data_timeout = "2s"`} {
+		key, _, _ := strings.Cut(d, " ")
+		if !regexp.MustCompile(`(?m)^` + key + `\s*=`).MatchString(conf) {
+			conf = d + "\n" + conf
+		}
+	}
 	hasMapping := false
 	for _, l := range tables {
 		hasMapping = hasMapping || strings.TrimSpace(l) == "[[mapping]]"
