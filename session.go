@@ -135,6 +135,8 @@ func (s *Session) hangup(err error) *Reply {
 	case errors.Is(err, os.ErrDeadlineExceeded):
 		s.reason = "timeout"
 		return replyTimeout
+	case err == errNonSMTP:
+		s.reason = "non-smtp"
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		s.reason = "client-closed"
 	default:
@@ -199,6 +201,10 @@ func (s *Session) earlyTalker() bool {
 	return true
 }
 
+// errNonSMTP ends a session whose client sends bytes no SMTP command starts
+// with.
+var errNonSMTP = errors.New("non-SMTP input")
+
 // readCommand reads one command line. It returns a reply instead of a line
 // when the line is unusable; err when the client is gone or silent.
 func (s *Session) readCommand() (string, *Reply, error) {
@@ -216,8 +222,7 @@ func (s *Session) readCommand() (string, *Reply, error) {
 		// Not SMTP (a TLS ClientHello, binary): close at once, without
 		// waiting for a line end that may never come.
 		s.log.Info("non-SMTP input, closing", "first_octet", int(c))
-		s.closing, s.reason = true, "non-smtp"
-		return "", nil, nil
+		return "", nil, errNonSMTP
 	}
 	line, err := s.r.ReadSlice('\n')
 	if err == bufio.ErrBufferFull {
