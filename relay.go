@@ -33,6 +33,7 @@ func (s *Session) cmdData(arg string) *Reply {
 		}
 		return s.endTx(r, 0)
 	}
+	u.inData = true
 	s.write(r)
 	if err := s.flush(); err != nil {
 		u.close()
@@ -87,7 +88,7 @@ func (s *Session) cmdData(arg string) *Reply {
 			rep = u.relay(fr, false)
 		}
 	}
-	u.inTx = false
+	u.inTx, u.inData = false, false
 	if u.broken {
 		s.upstreamGone()
 	}

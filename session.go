@@ -732,8 +732,8 @@ func (s *Session) clientString() string {
 // finish ends the session: the upstream gets QUIT (or was already closed),
 // the client connection is closed, and the session's line is logged.
 func (s *Session) finish() {
-	if s.tx.bound && s.up != nil && s.up.inTx {
-		s.up.close() // a transaction never completed: no end of data
+	if s.up != nil && s.up.inData {
+		s.up.close() // a message never completed: no end of data, no QUIT
 	}
 	s.dropUpstream()
 	if s.chain != nil {

@@ -27,6 +27,7 @@ type upstream struct {
 	tls     string            // "" for plaintext, else version and cipher
 	xclient string            // what became of the client address hand-over
 	inTx    bool              // MAIL accepted: a transaction is open
+	inData  bool              // after its 354: only an end of data may follow
 	broken  bool              // the connection is unusable and closed
 }
 
