@@ -23,7 +23,8 @@ import (
 //
 //	config: KEY = VALUE   a top-level config line (before the first action)
 //	toml: LINE            a config line appended after the top-level keys
-//	csv: LINE             a line of routes.csv (a csv mapping is added first)
+//	csv: LINE             a line of routes.csv (a csv mapping is added first;
+//	                      without csv: or [[mapping]], a static route to up1)
 //	C: TEXT               the client sends TEXT CRLF
 //	C: <raw> "GO-QUOTED"  the client sends exact bytes
 //	C: <close>            the client closes the connection
@@ -207,7 +208,7 @@ func runTranscript(t *testing.T, file string) {
 		os.WriteFile(filepath.Join(dir, "routes.csv"), []byte(strings.Join(csv, "\n")+"\n"), 0o644)
 		conf += "[[mapping]]\ntype = \"csv\"\nfile = \"routes.csv\"\n"
 	}
-	if !hasMapping {
+	if !hasMapping && len(csv) == 0 {
 		conf += "[[mapping]]\ntype = \"static\"\nserver = \"up1.test:25\"\n"
 	}
 	conf += strings.Join(tables, "\n") + "\n"
