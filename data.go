@@ -86,8 +86,19 @@ func (d *dataScanner) scan(p []byte) int {
 	return i
 }
 
+// checkSize counts only octets known to be message content: a "." or ".\r"
+// at the start of a line may yet be the terminator. So the verdict does not
+// depend on where the chunks were cut, and an oversized message is refused
+// as too big whatever else is wrong with it.
 func (d *dataScanner) checkSize() {
-	if d.max > 0 && d.size > d.max && d.err == nil {
+	size := d.size
+	switch d.eod {
+	case eodDot:
+		size--
+	case eodDotCR:
+		size -= 2
+	}
+	if d.max > 0 && size > d.max {
 		d.err = errTooBig
 	}
 }
