@@ -915,6 +915,9 @@ func TestUpstreamTLSXCLIENTSplit(t *testing.T) {
 		helo string
 		ip   net.IP
 	}{
+		// An encoded HELO of 200 octets leaves NAME fitting the first
+		// command but not ADDR after it.
+		{"long-helo-long-name-ipv6", strings.Repeat("h", 200), net.ParseIP("2001:db8:ffff:ffff:ffff:ffff:ffff:fffe")},
 		// Every octet of the HELO grows threefold in xtext: 85 spaces
 		// and "=" encode to 255 octets, the most a value may have.
 		{"encoded-helo-255", strings.Repeat("=", 85), net.ParseIP("2001:db8::1")},

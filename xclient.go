@@ -164,9 +164,17 @@ func (s *Session) name() string {
 // the last attributes (NAME, ADDR) kept together in the last command.
 func xclientCommands(attrs []string) []string {
 	const max = 510 // 512 less CRLF
+	tail := len(attrs)
+	for tail > 0 && (strings.HasPrefix(attrs[tail-1], "NAME=") || strings.HasPrefix(attrs[tail-1], "ADDR=")) {
+		tail--
+	}
+	units := append([]string(nil), attrs[:tail]...)
+	if tail < len(attrs) {
+		units = append(units, strings.Join(attrs[tail:], " "))
+	}
 	var cmds []string
 	line := "XCLIENT"
-	for _, a := range attrs {
+	for _, a := range units {
 		if len(line)+1+len(a) > max && line != "XCLIENT" {
 			cmds = append(cmds, line)
 			line = "XCLIENT"
