@@ -30,6 +30,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
 )
 
 // upLine is one line an upstream received, CRLF removed.
@@ -1108,6 +1110,51 @@ func TestUpstreamTLSClientSessionReset(t *testing.T) {
 	}
 }
 
+// TestUpstreamTLSClientSTARTTLSDropsUpstream: an upstream connection kept
+// from a plaintext transaction is not reused once the client is in TLS: it
+// gets QUIT, and the next transaction opens a new one that, under mirror,
+// uses STARTTLS and carries the post-TLS HELO.
+func TestUpstreamTLSClientSTARTTLSDropsUpstream(t *testing.T) {
+	srvConf := upstreamCert(t, t.TempDir(), "up.test")
+	var n int
+	var mu sync.Mutex
+	r := newTLSRig(t, rigOpts{clientTLS: true}, func(u *fakeUpstream) {
+		mu.Lock()
+		n++
+		first := n == 1
+		mu.Unlock()
+		u.send("220 up.test ESMTP")
+		u.ehlo("STARTTLS", "XCLIENT HELO")
+		if !first {
+			u.starttls(srvConf)
+			u.ehlo("XCLIENT HELO")
+		}
+		u.expect("XCLIENT ")
+		u.send("220 up.test ESMTP")
+		u.ehlo()
+	})
+	r.want("EHLO plain.example", "250 ")
+	r.deliver()
+	r.c.starttls("mx.test")
+	r.want("EHLO secure.example", "250 ")
+	r.deliver()
+	r.end()
+	ups := r.upstreams()
+	if len(ups) != 2 {
+		t.Fatalf("%d upstream connections, want 2", len(ups))
+	}
+	if got := strings.Join(ups[0].verbs(false), " "); got != "EHLO XCLIENT EHLO MAIL RCPT DATA QUIT" {
+		t.Errorf("first upstream received %q", got)
+	}
+	if got := strings.Join(ups[1].verbs(false), " "); got != "EHLO STARTTLS" {
+		t.Errorf("second upstream received %q in plaintext", got)
+	}
+	tl := ups[1].texts(true)
+	if len(tl) < 2 || tl[1] != "XCLIENT HELO=secure.example" {
+		t.Errorf("second upstream received %q over TLS", tl)
+	}
+}
+
 // TestUpstreamTLSClientPipelinedAfterSTARTTLS: commands pipelined in
 // plaintext behind STARTTLS are dropped, never executed (CVE-2011-0411).
 func TestUpstreamTLSClientPipelinedAfterSTARTTLS(t *testing.T) {
@@ -1125,6 +1172,130 @@ func TestUpstreamTLSClientPipelinedAfterSTARTTLS(t *testing.T) {
 	r.c.conn, r.c.r = tc, bufio.NewReader(tc)
 	r.want("MAIL FROM:<a@example.org>", "503 5.5.1 ")
 	r.end()
+}
+
+// TestUpstreamTLSXCLIENTNameFCrDNS: NAME is the forward-confirmed reverse
+// name, [UNAVAILABLE] when there is none and [TEMPUNAVAIL] when DNS failed
+// temporarily, as Postfix defines them; asked of a fake DNS server.
+func TestUpstreamTLSXCLIENTNameFCrDNS(t *testing.T) {
+	zone := map[string][]string{ // "name TYPE" -> answers; "SERVFAIL" fails
+		"1.2.0.192.in-addr.arpa. PTR": {"Mail.Example.ORG."},
+		"mail.example.org. A":         {"192.0.2.1"},
+		"2.2.0.192.in-addr.arpa. PTR": {"forged.example.org."},
+		"forged.example.org. A":       {"198.51.100.1"},
+		"4.2.0.192.in-addr.arpa. PTR": {"SERVFAIL"},
+		"5.2.0.192.in-addr.arpa. PTR": {"flaky.example.org."},
+		"flaky.example.org. A":        {"SERVFAIL"},
+		"flaky.example.org. AAAA":     {"SERVFAIL"},
+		"6.2.0.192.in-addr.arpa. PTR": {"other.example.org.", "second.example.org."},
+		"other.example.org. A":        {"198.51.100.2"},
+		"second.example.org. A":       {"192.0.2.6"},
+		"5.2.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2.ip6.arpa. PTR": {"v6.example.org."},
+		"v6.example.org. AAAA": {"2001:db8::25"},
+	}
+	addr := fakeDNS(t, zone)
+	res := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, "udp4", addr)
+	}}
+	for _, tc := range []struct {
+		ip   string
+		want string
+	}{
+		{"192.0.2.1", "mail.example.org"},
+		{"192.0.2.2", nameUnavailable}, // the name does not point back
+		{"192.0.2.3", nameUnavailable}, // no PTR (NXDOMAIN)
+		{"192.0.2.4", nameTempUnavail}, // PTR lookup SERVFAIL
+		{"192.0.2.5", nameTempUnavail}, // forward lookup SERVFAIL
+		{"192.0.2.6", "second.example.org"},
+		{"2001:db8::25", "v6.example.org"},
+		{"", nameUnavailable},
+	} {
+		t.Run(tc.ip, func(t *testing.T) {
+			t.Parallel()
+			var ip net.IP
+			if tc.ip != "" {
+				ip = net.ParseIP(tc.ip)
+			}
+			if got := clientName(context.Background(), res, ip); got != tc.want {
+				t.Errorf("clientName(%s) = %q, want %q", tc.ip, got, tc.want)
+			}
+		})
+	}
+}
+
+// fakeDNS answers UDP queries on loopback from zone; other names are
+// NXDOMAIN. It stops with the test.
+func fakeDNS(t *testing.T, zone map[string][]string) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var p dnsmessage.Parser
+			h, err := p.Start(buf[:n])
+			if err != nil {
+				continue
+			}
+			q, err := p.Question()
+			if err != nil {
+				continue
+			}
+			typ := strings.TrimPrefix(q.Type.String(), "Type")
+			answers, found := zone[strings.ToLower(q.Name.String())+" "+typ]
+			rh := dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired, RecursionAvailable: true}
+			switch {
+			case len(answers) == 1 && answers[0] == "SERVFAIL":
+				rh.RCode = dnsmessage.RCodeServerFailure
+				answers = nil
+			case !found && !nameKnown(zone, q.Name.String()):
+				rh.RCode = dnsmessage.RCodeNameError
+			}
+			b := dnsmessage.NewBuilder(nil, rh)
+			b.EnableCompression()
+			b.StartQuestions()
+			b.Question(q)
+			b.StartAnswers()
+			rrh := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}
+			for _, a := range answers {
+				switch q.Type {
+				case dnsmessage.TypePTR:
+					b.PTRResource(rrh, dnsmessage.PTRResource{PTR: dnsmessage.MustNewName(a)})
+				case dnsmessage.TypeA:
+					var r dnsmessage.AResource
+					copy(r.A[:], net.ParseIP(a).To4())
+					b.AResource(rrh, r)
+				case dnsmessage.TypeAAAA:
+					var r dnsmessage.AAAAResource
+					copy(r.AAAA[:], net.ParseIP(a).To16())
+					b.AAAAResource(rrh, r)
+				}
+			}
+			out, err := b.Finish()
+			if err != nil {
+				continue
+			}
+			pc.WriteTo(out, from)
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+// nameKnown reports a name with some record in zone (NODATA, not NXDOMAIN).
+func nameKnown(zone map[string][]string, name string) bool {
+	for k := range zone {
+		if strings.HasPrefix(k, strings.ToLower(name)+" ") {
+			return true
+		}
+	}
+	return false
 }
 
 // ---------------------------------------------------------------------------
