@@ -241,7 +241,7 @@ func TestPeerSocketActivationSink(t *testing.T) {
 // smtp-sink and compares size and hash of what arrived.
 func TestPeerLargeMessageSink(t *testing.T) {
 	needRoot(t)
-	addr, _, dumpDir := sinkBehindWilli(t, false, "")
+	addr, sinkAddr, dumpDir := sinkBehindWilli(t, false, "")
 	const size = 50_000_000
 	var b bytes.Buffer
 	b.Grow(size + 200)
@@ -278,6 +278,18 @@ func TestPeerLargeMessageSink(t *testing.T) {
 		t.Errorf("delivered %d bytes sha256 %x, want %d bytes sha256 %x",
 			len(got.Data), sha256.Sum256(got.Data), len(want), sha256.Sum256(want))
 	}
+
+	// The same message straight to smtp-sink, for the throughput ratio in
+	// the log (a figure, not an assertion: these machines are noisy).
+	start = time.Now()
+	direct := pySMTP(t, pyOpts{Server: sinkAddr, Source: "127.0.0.2", Helo: "client.example",
+		From: "big@sender.test", To: []string{"alice@example.org"}, Message: msg, Timeout: 120})
+	directElapsed := time.Since(start)
+	if direct.Data == nil || direct.Data.Code != 250 {
+		t.Fatalf("direct to smtp-sink: %+v", direct)
+	}
+	t.Logf("50 MB: willi %v, direct %v, throughput ratio %.2f", elapsed.Round(time.Millisecond),
+		directElapsed.Round(time.Millisecond), directElapsed.Seconds()/elapsed.Seconds())
 }
 
 // TestPeerFailover: a server string with several servers is tried in order
