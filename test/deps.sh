@@ -3,7 +3,7 @@
 # Fast when all is present: only queries dpkg. Must run as root.
 set -eu
 
-PACKAGES="postfix swaks python3 mariadb-server mariadb-client xinetd ucspi-tcp
+PACKAGES="postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3 mariadb-server mariadb-client xinetd ucspi-tcp
 haproxy nginx libnginx-mod-mail openssl systemd procps make git ca-certificates"
 
 missing=""
@@ -64,3 +64,8 @@ for prog in /usr/sbin/smtp-sink /usr/sbin/postfix /usr/bin/swaks /usr/bin/python
 		exit 1
 	fi
 done
+# swaks --tls needs Net::SSLeay, which apt only recommends.
+if ! swaks --support 2>&1 | grep -q '^=== TLS supported'; then
+	echo "test/deps.sh: swaks has no TLS support (Net::SSLeay missing)" >&2
+	exit 1
+fi
