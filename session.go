@@ -76,6 +76,7 @@ type transaction struct {
 	route     Route
 	bound     bool // route fixed by the first accepted RCPT
 	start     time.Time
+	logged    bool // its log line is written
 }
 
 // newSession prepares a session on conn; nothing is read or written yet.
@@ -663,6 +664,7 @@ func (s *Session) dropUpstream() {
 // resetTx clears the transaction; an upstream in a transaction gets RSET
 // (and is dropped if that fails).
 func (s *Session) resetTx() {
+	s.logAbandoned()
 	if s.up != nil && s.up.inTx {
 		r, err := s.up.cmd("RSET")
 		if err != nil || r.Code != 250 {
@@ -675,6 +677,15 @@ func (s *Session) resetTx() {
 	s.tx = transaction{}
 	if s.phase > phaseReady {
 		s.phase = phaseReady
+	}
+}
+
+// logAbandoned writes the log line of a transaction that ends without
+// DATA (RSET, a new greeting, QUIT, the client gone), so that every
+// transaction has one.
+func (s *Session) logAbandoned() {
+	if s.tx.fromSet && !s.tx.logged {
+		s.logTx(nil, 0, "abandoned")
 	}
 }
 
@@ -732,6 +743,7 @@ func (s *Session) clientString() string {
 // finish ends the session: the upstream gets QUIT (or was already closed),
 // the client connection is closed, and the session's line is logged.
 func (s *Session) finish() {
+	s.logAbandoned()
 	if s.up != nil && s.up.inData {
 		s.up.close() // a message never completed: no end of data, no QUIT
 	}
