@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"context"
 	"log/slog"
 	"net"
 	"os"
@@ -50,6 +52,79 @@ func TestTransactionLogAbandoned(t *testing.T) {
 	for i, from := range []string{"first@sender.example", "second@sender.example"} {
 		if !strings.Contains(tx[i], "from="+from) || !strings.Contains(tx[i], "result=abandoned") {
 			t.Errorf("transaction line %d: %s", i+1, tx[i])
+		}
+	}
+}
+
+// TestTransactionLogDelivered: a delivered message's transaction is logged
+// once, with the upstream's verdict.
+func TestTransactionLogDelivered(t *testing.T) {
+	dir := t.TempDir()
+	cfg, err := parseConfig("hostname = \"mx.test\"\ncommand_timeout = \"5s\"\nupstream_command_timeout = \"5s\"\n"+
+		"[[mapping]]\ntype = \"static\"\nserver = \"up.test:25\"\n", filepath.Join(dir, "willi.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, cli := net.Pipe()
+	defer cli.Close()
+	go func() { // the client side: willi's replies are read and dropped
+		b := make([]byte, 4096)
+		for {
+			if _, err := cli.Read(b); err != nil {
+				return
+			}
+		}
+	}()
+	var logBuf syncBuffer
+	s := newSession(cfg, srv, slog.New(slog.NewTextHandler(&logBuf, nil)))
+	s.dial = func(context.Context, string, string) (net.Conn, error) {
+		a, b := net.Pipe()
+		go fakeAcceptingUpstream(b)
+		return a, nil
+	}
+	for _, line := range []string{"EHLO client.example", "MAIL FROM:<a@sender.example>", "RCPT TO:<b@rcpt.example>"} {
+		if r := s.dispatch(line); r.Code != 250 {
+			t.Fatalf("%s: %v", line, r)
+		}
+	}
+	go cli.Write([]byte("Subject: x\r\n\r\nbody\r\n.\r\n"))
+	if r := s.dispatch("DATA"); r.Code != 250 {
+		t.Fatalf("DATA: %v", r)
+	}
+	s.finish()
+	if n := strings.Count(logBuf.String(), "msg=transaction"); n != 1 {
+		t.Fatalf("want 1 transaction line, got %d:\n%s", n, logBuf.String())
+	}
+	if !strings.Contains(logBuf.String(), `result="250 2.0.0 Ok: queued"`) {
+		t.Errorf("transaction line without the verdict:\n%s", logBuf.String())
+	}
+}
+
+// fakeAcceptingUpstream accepts everything on c: 220, 250 to each command,
+// 354 to DATA and 250 after the end of data.
+func fakeAcceptingUpstream(c net.Conn) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	c.Write([]byte("220 up.test ESMTP\r\n"))
+	inData := false
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		switch {
+		case inData && l == ".\r\n":
+			inData = false
+			c.Write([]byte("250 2.0.0 Ok: queued\r\n"))
+		case inData:
+		case strings.HasPrefix(l, "DATA"):
+			inData = true
+			c.Write([]byte("354 go ahead\r\n"))
+		case strings.HasPrefix(l, "QUIT"):
+			c.Write([]byte("221 2.0.0 Bye\r\n"))
+			return
+		default:
+			c.Write([]byte("250 2.0.0 Ok\r\n"))
 		}
 	}
 }

@@ -122,4 +122,5 @@ func (s *Session) logTx(rep *Reply, size int64, note string) {
 		"from", s.tx.from, "rcpts", strings.Join(s.tx.rcpts, ","), "upstream", up,
 		"upstream_tls", upTLS, "xclient", xc, "result", result, "size", size,
 		"duration", time.Since(s.tx.start).Round(time.Millisecond))
+	s.tx.logged = true
 }
