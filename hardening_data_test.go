@@ -14,10 +14,10 @@ import (
 // after STARTTLS; every case's client bytes split at every offset and sent
 // one byte per segment.
 
-// refViolation is the offset of the first octet that breaks the line
+// hRefViolation is the offset of the first octet that breaks the line
 // discipline in message data (the DATA command's CRLF precedes it), or -1.
 // It is written independently of data.go on purpose.
-func refViolation(body string) int {
+func hRefViolation(body string) int {
 	prevCR := false
 	for i := 0; i < len(body); i++ {
 		c := body[i]
@@ -29,10 +29,10 @@ func refViolation(body string) int {
 	return -1
 }
 
-// refEnd is the length of the message data up to and including its end
+// hRefEnd is the length of the message data up to and including its end
 // (the first CR LF "." CR LF, the DATA command's CRLF counting as the
 // first CR LF), or -1.
-func refEnd(body string) int {
+func hRefEnd(body string) int {
 	i := strings.Index("\r\n"+body, "\r\n.\r\n")
 	if i < 0 {
 		return -1
@@ -40,16 +40,16 @@ func refEnd(body string) int {
 	return i + 3
 }
 
-// dataCase builds a class 1 case: the standard envelope, DATA, body (which
+// hDataCase builds a class 1 case: the standard envelope, DATA, body (which
 // must end at its first end of data), then QUIT.
-func dataCase(name, body string) hcase {
-	if refEnd(body) != len(body) {
-		panic("dataCase " + name + ": body must end at its first end of data")
+func hDataCase(name, body string) hcase {
+	if hRefEnd(body) != len(body) {
+		panic("hDataCase " + name + ": body must end at its first end of data")
 	}
 	c := hcase{name: name, in: hDataIn + body + hQuit}
-	if v := refViolation(body); v >= 0 {
+	if v := hRefViolation(body); v >= 0 {
 		c.out = hEnvOut + h354 + hBadData + hBye
-		c.ups = []string{partial(hUpData, body[:v])}
+		c.ups = []string{hPartialOf(hUpData, body[:v])}
 	} else {
 		c.out = hEnvOut + h354 + hQueued(1) + hBye
 		c.ups = []string{hUpData + body + hQuit}
@@ -57,13 +57,13 @@ func dataCase(name, body string) hcase {
 	return c
 }
 
-// smuggled is what an attacker puts after a pseudo end of data: a second
+// hSmuggled is what an attacker puts after a pseudo end of data: a second
 // transaction that must never reach the upstream as one.
-const smuggled = "MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nFrom: ceo@example.org\r\n\r\nsmuggled\r\n"
+const hSmuggled = "MAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nFrom: ceo@example.org\r\n\r\nsmuggled\r\n"
 
-func class1Cases() []hcase {
+func hClass1Cases() []hcase {
 	var cases []hcase
-	add := func(name, body string) { cases = append(cases, dataCase(name, body)) }
+	add := func(name, body string) { cases = append(cases, hDataCase(name, body)) }
 
 	// Canonical messages around dots and line ends: forwarded verbatim.
 	add("empty message", ".\r\n")
@@ -104,23 +104,23 @@ func class1Cases() []hcase {
 	post := []string{"", "\r\n", "\n", "\r", "\x00", "\r\r\n", "\n\r", "\x00\r\n", " \r\n"}
 	for i, a := range pre {
 		for j, b := range post {
-			body := "Subject: hi\r\n\r\nline" + a + "." + b + smuggled + ".\r\n"
-			if refEnd(body) != len(body) {
+			body := "Subject: hi\r\n\r\nline" + a + "." + b + hSmuggled + ".\r\n"
+			if hRefEnd(body) != len(body) {
 				continue // a real end of data: see the explicit cases below
 			}
 			add(fmt.Sprintf("pseudo end %d.%d %s.%s", i, j, strconv.Quote(a), strconv.Quote(b)), body)
 		}
 	}
 	// A dot-stuffed pseudo end is message text.
-	add("stuffed pseudo end", "line\r\n..\r\n"+smuggled+".\r\n")
+	add("stuffed pseudo end", "line\r\n..\r\n"+hSmuggled+".\r\n")
 
 	// The real end of data after a violation: the rest is commands, read
 	// and answered by willi, the first message refused and never ended.
 	cases = append(cases, hcase{
 		name: "real end after bare CR, then a second transaction",
-		in:   hDataIn + "line\r\r\n.\r\n" + smuggled + ".\r\n" + hQuit,
+		in:   hDataIn + "line\r\r\n.\r\n" + hSmuggled + ".\r\n" + hQuit,
 		out:  hEnvOut + h354 + hBadData + hMailOK + hRcptOK + h354 + hQueued(1) + hBye,
-		ups: []string{partial(hUpData, "line\r"),
+		ups: []string{hPartialOf(hUpData, "line\r"),
 			"EHLO mx.test\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nFrom: ceo@example.org\r\n\r\nsmuggled\r\n.\r\nQUIT\r\n"},
 	})
 
@@ -138,7 +138,7 @@ func class1Cases() []hcase {
 			name: "pipelined second transaction after a refused message",
 			in:   hDataIn + "first\n.\n\r\n.\r\n" + second + hQuit,
 			out:  hEnvOut + h354 + hBadData + hMailOK + hRcptOK + h354 + hQueued(1) + hBye,
-			ups:  []string{partial(hUpData, "first"), hUpEhlo + upSecond + hQuit},
+			ups:  []string{hPartialOf(hUpData, "first"), hUpEhlo + upSecond + hQuit},
 		},
 		hcase{
 			name: "pipelined RSET NOOP after the end",
@@ -150,7 +150,7 @@ func class1Cases() []hcase {
 			name: "pipelined commands after a refused message",
 			in:   hDataIn + "x\x00\r\n.\r\nRSET\r\nNOOP\r\n" + hQuit,
 			out:  hEnvOut + h354 + hBadData + hOK + hOK + hBye,
-			ups:  []string{partial(hUpData, "x")},
+			ups:  []string{hPartialOf(hUpData, "x")},
 		},
 		hcase{
 			name: "DATA ended by a bare LF is no DATA",
@@ -166,7 +166,7 @@ func class1Cases() []hcase {
 	// a "." or ".\r" that might have been the end) may have gone out
 	// before the abort.
 	big := func(name, body, tail, out string, more ...string) {
-		if refEnd(body) != len(body) {
+		if hRefEnd(body) != len(body) {
 			panic("big " + name + ": body must end at its first end of data")
 		}
 		c := hcase{name: name, conf: "max_message_size = 64", in: hDataIn + body + tail + hQuit,
@@ -175,10 +175,10 @@ func class1Cases() []hcase {
 			c.ups = []string{hUpData + body + hQuit}
 		} else {
 			maybe := body[:66]
-			if v := refViolation(body); v >= 0 && v < len(maybe) {
+			if v := hRefViolation(body); v >= 0 && v < len(maybe) {
 				maybe = body[:v]
 			}
-			c.ups = []string{partial(hUpData, maybe)}
+			c.ups = []string{hPartialOf(hUpData, maybe)}
 		}
 		c.ups = append(c.ups, more...)
 		cases = append(cases, c)
@@ -188,10 +188,10 @@ func class1Cases() []hcase {
 	big("exactly max_message_size, stuffed", x62[4:]+"\r\n..\r\n.\r\n", "", hQueued(1)+hBye)
 	big("one octet over", x62+"x\r\n.\r\n", "", hTooBig+hBye)
 	big("over by a stuffed line", x62+"\r\n..\r\n.\r\n", "", hTooBig+hBye)
-	big("over with a pseudo end and a smuggled transaction",
-		strings.Repeat("y", 100)+"\n.\n"+smuggled+".\r\n", "NOOP\r\n", hTooBig+hOK+hBye)
-	big("over with a CRLF pseudo end and a smuggled transaction",
-		strings.Repeat("y", 100)+"\r\n..\r\n"+smuggled+".\r\n", "NOOP\r\n", hTooBig+hOK+hBye)
+	big("over with a pseudo end and a hSmuggled transaction",
+		strings.Repeat("y", 100)+"\n.\n"+hSmuggled+".\r\n", "NOOP\r\n", hTooBig+hOK+hBye)
+	big("over with a CRLF pseudo end and a hSmuggled transaction",
+		strings.Repeat("y", 100)+"\r\n..\r\n"+hSmuggled+".\r\n", "NOOP\r\n", hTooBig+hOK+hBye)
 	big("over, then a bare LF", strings.Repeat("y", 100)+"\r\nz\n\r\n.\r\n", "", hTooBig+hBye)
 	big("bare LF, then over", "z\n"+strings.Repeat("y", 100)+"\r\n.\r\n", "", hTooBig+hBye)
 	big("over, then pipelined commands", strings.Repeat("z\r\n", 40)+".\r\n",
@@ -204,12 +204,12 @@ func class1Cases() []hcase {
 // TestHardeningData runs class 1: each case in one segment, one byte per
 // segment, and split in two at every offset.
 func TestHardeningData(t *testing.T) {
-	for _, c := range class1Cases() {
+	for _, c := range hClass1Cases() {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			cfg := hConfig(t, c)
-			runCase(t, c, cfg, nil).check(t, c, "one segment")
-			runCase(t, c, cfg, oneByteSegments(c.in)).check(t, c, "one byte per segment")
+			hRun(t, c, cfg, nil).check(t, c, "one segment")
+			hRun(t, c, cfg, hOneByte(c.in)).check(t, c, "one byte per segment")
 			var wg sync.WaitGroup
 			sem := make(chan struct{}, 4)
 			for cut := 1; cut < len(c.in); cut++ {
@@ -217,7 +217,7 @@ func TestHardeningData(t *testing.T) {
 				sem <- struct{}{}
 				go func() {
 					defer func() { <-sem; wg.Done() }()
-					if msg := runCase(t, c, cfg, segmentsOf(c.in, cut)).verify(c, fmt.Sprintf("split at %d", cut)); msg != "" {
+					if msg := hRun(t, c, cfg, hSplit(c.in, cut)).verify(c, fmt.Sprintf("split at %d", cut)); msg != "" {
 						t.Error(msg)
 					}
 				}()

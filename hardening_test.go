@@ -79,7 +79,7 @@ func hQueued(n int) string { return fmt.Sprintf("250 2.0.0 Ok: queued as Q%d\r\n
 // violation was found depends on how the client's bytes were segmented).
 const hPartial = "\x00partial\x00"
 
-func partial(head, maybe string) string { return head + hPartial + maybe }
+func hPartialOf(head, maybe string) string { return head + hPartial + maybe }
 
 // hcase is one case of a hardening table.
 type hcase struct {
@@ -91,6 +91,8 @@ type hcase struct {
 	in     string   // the client's bytes
 	out    string   // every byte the client must receive before willi closes
 	ups    []string // what each upstream connection must receive, in dial order
+	// upTLS is the fake upstreams' certificate for their STARTTLS.
+	upTLS *tls.Config
 }
 
 // upScript says how the fake upstreams answer. Keys: "banner"; a verb
@@ -118,8 +120,8 @@ func (f *fakeUpConn) String() string {
 	return f.got.String()
 }
 
-// upstreamCommand matches every command line willi builds for an upstream.
-var upstreamCommand = regexp.MustCompile(`^(?:(?:EHLO|HELO) [!-~][ -~]*` +
+// hUpstreamCommand matches every command line willi builds for an upstream.
+var hUpstreamCommand = regexp.MustCompile(`^(?:(?:EHLO|HELO) [!-~][ -~]*` +
 	`|STARTTLS|RSET|NOOP|QUIT|DATA` +
 	`|MAIL FROM:<[^\x00-\x20<>\x7f]*>(?: SIZE=[1-9][0-9]*)?(?: BODY=(?:7BIT|8BITMIME))?(?: SMTPUTF8)?` +
 	`|RCPT TO:<[^\x00-\x20<>\x7f]+>` +
@@ -159,33 +161,47 @@ func (f *fakeUpstreams) dial(ctx context.Context, network, addr string) (net.Con
 	return c, nil
 }
 
-// asyncWriter sends in order without blocking the reader (a net.Pipe has
-// no buffer; a real socket has one).
-type asyncWriter struct {
-	ch chan string
-	wg sync.WaitGroup
+// hAsyncConn writes in order without blocking the writer, as a socket
+// buffer does; a net.Pipe has none, and a TLS handshake over it can
+// deadlock when one side stops reading.
+type hAsyncConn struct {
+	net.Conn
+	ch   chan []byte
+	wg   sync.WaitGroup
+	once sync.Once
 }
 
-func newAsyncWriter(c net.Conn) *asyncWriter {
-	w := &asyncWriter{ch: make(chan string, 64)}
+func newHAsyncConn(c net.Conn) *hAsyncConn {
+	a := &hAsyncConn{Conn: c, ch: make(chan []byte, 256)}
 	go func() {
-		for s := range w.ch {
-			c.Write([]byte(s))
-			w.wg.Done()
+		for b := range a.ch {
+			c.Write(b)
+			a.wg.Done()
 		}
 	}()
-	return w
+	return a
 }
 
-func (w *asyncWriter) send(s string) { w.wg.Add(1); w.ch <- s }
-func (w *asyncWriter) wait()         { w.wg.Wait() }
-func (w *asyncWriter) stop()         { close(w.ch) }
+func (a *hAsyncConn) Write(b []byte) (int, error) {
+	a.wg.Add(1)
+	a.ch <- append([]byte(nil), b...)
+	return len(b), nil
+}
 
-func (f *fakeUpstreams) serve(c net.Conn, fc *fakeUpConn) {
+// flush waits until everything written went out (or failed).
+func (a *hAsyncConn) flush() { a.wg.Wait() }
+
+func (a *hAsyncConn) Close() error {
+	a.flush()
+	a.once.Do(func() { close(a.ch) })
+	return a.Conn.Close()
+}
+
+func (f *fakeUpstreams) serve(raw net.Conn, fc *fakeUpConn) {
 	defer close(fc.closed)
-	defer c.Close()
-	w := newAsyncWriter(c)
-	defer func() { w.stop() }()
+	ac := newHAsyncConn(raw)
+	var c net.Conn = ac
+	defer ac.Close()
 	r := bufio.NewReader(c)
 	stalled, tlsOn := false, false
 	// say sends the script's answer for key (def when it has none); false
@@ -202,8 +218,7 @@ func (f *fakeUpstreams) serve(c net.Conn, fc *fakeUpConn) {
 		}
 		switch v {
 		case "<close>":
-			w.wait()
-			c.Close()
+			ac.Close()
 			return "", false
 		case "<stall>":
 			stalled = true
@@ -214,7 +229,7 @@ func (f *fakeUpstreams) serve(c net.Conn, fc *fakeUpConn) {
 		fc.mu.Lock()
 		fc.sent = append(fc.sent, v)
 		fc.mu.Unlock()
-		w.send(v)
+		c.Write([]byte(v))
 		return v, true
 	}
 	read := func() (string, error) {
@@ -243,7 +258,7 @@ func (f *fakeUpstreams) serve(c net.Conn, fc *fakeUpConn) {
 		if stalled {
 			continue
 		}
-		if !upstreamCommand.MatchString(line) {
+		if !hUpstreamCommand.MatchString(line) {
 			bad("command line willi does not build: %q", line)
 		}
 		cmd := strings.TrimSuffix(line, "\r\n")
@@ -292,7 +307,7 @@ func (f *fakeUpstreams) serve(c net.Conn, fc *fakeUpConn) {
 			}
 		case "QUIT":
 			say("221 2.0.0 Bye\r\n", "QUIT")
-			w.wait()
+			ac.flush()
 			// Read on so that a command after QUIT would be seen.
 			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 			if l, _ := read(); l != "" {
@@ -307,7 +322,7 @@ func (f *fakeUpstreams) serve(c net.Conn, fc *fakeUpConn) {
 			if !strings.HasPrefix(v, "220 ") || stalled {
 				continue
 			}
-			w.wait()
+			ac.flush()
 			if f.tlsCfg == nil {
 				bad("STARTTLS without a certificate")
 				return
@@ -321,8 +336,7 @@ func (f *fakeUpstreams) serve(c net.Conn, fc *fakeUpConn) {
 				return
 			}
 			tc.SetDeadline(time.Time{})
-			w.stop()
-			c, r, w, tlsOn = tc, bufio.NewReader(tc), newAsyncWriter(tc), true
+			c, r, tlsOn = tc, bufio.NewReader(tc), true
 			fc.mu.Lock()
 			fc.got.WriteString("<tls>")
 			fc.mu.Unlock()
@@ -433,7 +447,7 @@ func hSession(t testing.TB, cfg *Config, conn net.Conn, f *fakeUpstreams) (done 
 
 // writeSegments sends in as the given segments, each one Write (each one
 // read separately by willi, as TCP segments may be).
-func segmentsOf(in string, cuts ...int) []string {
+func hSplit(in string, cuts ...int) []string {
 	var segs []string
 	prev := 0
 	for _, c := range cuts {
@@ -445,7 +459,7 @@ func segmentsOf(in string, cuts ...int) []string {
 	return append(segs, in[prev:])
 }
 
-func oneByteSegments(in string) []string {
+func hOneByte(in string) []string {
 	segs := make([]string, len(in))
 	for i := 0; i < len(in); i++ {
 		segs[i] = in[i : i+1]
@@ -453,8 +467,8 @@ func oneByteSegments(in string) []string {
 	return segs
 }
 
-// readAll reads until willi closes (or hWait passes).
-func readAll(conn net.Conn) (string, bool) {
+// hReadAll reads until willi closes (or hWait passes).
+func hReadAll(conn net.Conn) (string, bool) {
 	conn.SetReadDeadline(time.Now().Add(hWait))
 	var b bytes.Buffer
 	buf := make([]byte, 4096)
@@ -462,20 +476,20 @@ func readAll(conn net.Conn) (string, bool) {
 		n, err := conn.Read(buf)
 		b.Write(buf[:n])
 		if err != nil {
-			return b.String(), err == io.EOF || err == io.ErrClosedPipe
+			return b.String(), err == io.EOF || err == io.ErrClosedPipe || err == io.ErrUnexpectedEOF
 		}
 	}
 }
 
-// runCase runs c once with the client's bytes cut into segs (nil: one
+// hRun runs c once with the client's bytes cut into segs (nil: one
 // segment) and returns what happened, after willi and every upstream
 // connection ended.
-func runCase(t testing.TB, c hcase, cfg *Config, segs []string) hResult {
+func hRun(t testing.TB, c hcase, cfg *Config, segs []string) hResult {
 	t.Helper()
 	if segs == nil {
 		segs = []string{c.in}
 	}
-	f := newFakeUpstreams(t, c.up, nil)
+	f := newFakeUpstreams(t, c.up, c.upTLS)
 	srv, cli := net.Pipe()
 	done, log := hSession(t, cfg, srv, f)
 	go func() {
@@ -485,12 +499,12 @@ func runCase(t testing.TB, c hcase, cfg *Config, segs []string) hResult {
 			}
 		}
 	}()
-	out, closed := readAll(cli)
+	out, closed := hReadAll(cli)
 	cli.Close()
-	return finishRun(t, out, closed, done, log, f)
+	return hFinish(t, out, closed, done, log, f)
 }
 
-func finishRun(t testing.TB, out string, closed bool, done chan struct{}, log *syncBuffer, f *fakeUpstreams) hResult {
+func hFinish(t testing.TB, out string, closed bool, done chan struct{}, log *syncBuffer, f *fakeUpstreams) hResult {
 	res := hResult{out: out, closed: closed, log: log}
 	select {
 	case <-done:
@@ -543,7 +557,7 @@ func (r hResult) verify(c hcase, how string) (msg string) {
 	if r.hang != "" {
 		fail("%s", r.hang)
 	}
-	if msg := checkReplies(r.out); msg != "" {
+	if msg := hCheckReplies(r.out); msg != "" {
 		fail("%s", msg)
 	}
 	if !r.closed {
@@ -565,7 +579,7 @@ func (r hResult) verify(c hcase, how string) (msg string) {
 		}
 		u.mu.Unlock()
 	}
-	reps := splitReplies(r.out)
+	reps := hSplitReplies(r.out)
 	c354 := 0
 	for i, rep := range reps {
 		if !strings.HasPrefix(rep, "354") {
@@ -601,14 +615,14 @@ func (r hResult) verify(c hcase, how string) (msg string) {
 	return ""
 }
 
-var enhancedCode = regexp.MustCompile(`^[245]\.[0-9]{1,3}\.[0-9]{1,3}( |$)`)
+var hEnhanced = regexp.MustCompile(`^[245]\.[0-9]{1,3}\.[0-9]{1,3}( |$)`)
 
-// checkReplies checks G5 and G9 on everything the client received.
-func checkReplies(out string) string {
+// hCheckReplies checks G5 and G9 on everything the client received.
+func hCheckReplies(out string) string {
 	if out != "" && !strings.HasSuffix(out, "\r\n") {
 		return fmt.Sprintf("output does not end in CRLF: %q", out)
 	}
-	reps := splitReplies(out)
+	reps := hSplitReplies(out)
 	for i, rep := range reps {
 		lines := strings.Split(strings.TrimSuffix(rep, "\r\n"), "\r\n")
 		for j, l := range lines {
@@ -625,7 +639,7 @@ func checkReplies(out string) string {
 		code := lines[0][:3]
 		ehlo := code == "250" && lines[0][4:] == "mx.test"
 		if i > 0 && code[0] != '3' && !ehlo {
-			if e := enhancedCode.FindString(lines[0][4:]); e == "" || e[0] != code[0] {
+			if e := hEnhanced.FindString(lines[0][4:]); e == "" || e[0] != code[0] {
 				return fmt.Sprintf("reply without a matching enhanced status code: %q", rep)
 			}
 		}
@@ -636,8 +650,8 @@ func checkReplies(out string) string {
 	return ""
 }
 
-// splitReplies cuts the client's stream into whole replies.
-func splitReplies(out string) []string {
+// hSplitReplies cuts the client's stream into whole replies.
+func hSplitReplies(out string) []string {
 	var reps []string
 	cur := ""
 	for _, l := range strings.SplitAfter(out, "\r\n") {
@@ -656,12 +670,12 @@ func splitReplies(out string) []string {
 	return reps
 }
 
-// runTable runs every case once, its client bytes in one segment.
-func runTable(t *testing.T, cases []hcase) {
+// hRunTable runs every case once, its client bytes in one segment.
+func hRunTable(t *testing.T, cases []hcase) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			runCase(t, c, hConfig(t, c), nil).check(t, c, "one segment")
+			hRun(t, c, hConfig(t, c), nil).check(t, c, "one segment")
 		})
 	}
 }
