@@ -125,6 +125,11 @@ func TestReadReply(t *testing.T) {
 // 2xx/4xx/5xx.
 func checkReplyFormat(t *testing.T, where string, r *Reply) {
 	t.Helper()
+	checkReplyLines(t, where, r, true)
+}
+
+func checkReplyLines(t *testing.T, where string, r *Reply, enh bool) {
+	t.Helper()
 	out := string(r.appendTo(nil))
 	if !strings.HasSuffix(out, "\r\n") {
 		t.Fatalf("%s: reply %q does not end in CRLF", where, out)
@@ -143,7 +148,7 @@ func checkReplyFormat(t *testing.T, where string, r *Reply) {
 		if l[:3] != lines[0][:3] {
 			t.Fatalf("%s: codes differ within the reply: %q", where, out)
 		}
-		if c := l[0]; c == '2' || c == '4' || c == '5' {
+		if c := l[0]; enh && (c == '2' || c == '4' || c == '5') {
 			e, _, _ := strings.Cut(l[4:], " ")
 			if !isEnhanced(e) || e[0] != c {
 				t.Fatalf("%s: no enhanced code in %q", where, l)

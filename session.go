@@ -338,7 +338,14 @@ func fixed(r *Reply) func(*Session, string) *Reply {
 // dispatch runs one command line and returns the reply to send.
 func (s *Session) dispatch(line string) *Reply {
 	verb, arg, _ := strings.Cut(line, " ")
-	verb = strings.ToUpper(verb)
+	// Verbs are ASCII (RFC 5321 §2.4): strings.ToUpper would also turn
+	// "ı" into "I" and "ſ" into "S", and "MAıL" would pass for MAIL.
+	verb = strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' {
+			return r - 'a' + 'A'
+		}
+		return r
+	}, verb)
 	cmd, ok := commands[verb]
 	if !ok {
 		s.log.Debug("unknown command", "verb", strconvQuote(verb, 10))
