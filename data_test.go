@@ -425,3 +425,75 @@ func FuzzData(f *testing.F) {
 		}
 	})
 }
+
+// TestDataSession: the same through a whole session. The client gets the
+// upstream's verdict only for a clean message; a bare CR, bare LF or NUL
+// gets 550 5.5.2 and an oversized message 552 5.3.4 after the real end,
+// the upstream connection is closed without an end of data, and the
+// session goes on. Each body is sent whole and one octet per write.
+func TestDataSession(t *testing.T) {
+	const queued, bad, big = "250 2.0.0 Ok: queued as Q1\r\n", "550 5.5.2 ", "552 5.3.4 "
+	tests := []struct {
+		name, body, want string
+		upstream         string // what the upstream received of the message
+	}{
+		{"clean", "hello\r\n.\r\n", queued, "hello\r\n.\r\n"},
+		{"empty", ".\r\n", queued, ".\r\n"},
+		{"stuffed", "..a\r\n...\r\n..\r\n.\r\n", queued, "..a\r\n...\r\n..\r\n.\r\n"},
+		{"8-bit", "\xc3\xbc\xff\r\n.\r\n", queued, "\xc3\xbc\xff\r\n.\r\n"},
+		{"at the limit", strings.Repeat("x", 998) + "\r\n.\r\n", queued, strings.Repeat("x", 998) + "\r\n.\r\n"},
+		{"bare LF", "a\nb\r\n.\r\n", bad, ""},
+		{"bare CR", "a\rb\r\n.\r\n", bad, ""},
+		{"NUL", "a\x00b\r\n.\r\n", bad, ""},
+		{"LF dot LF smuggling", "a\r\n\n.\nMAIL FROM:<x@evil.example>\r\nRCPT TO:<y@evil.example>\r\nDATA\r\nevil\r\n.\r\n", bad, ""},
+		{"LF dot CRLF smuggling", "a\n.\r\nMAIL FROM:<x@evil.example>\r\n.\r\n", bad, ""},
+		{"CR dot CR smuggling", "a\r.\rMAIL FROM:<x@evil.example>\r\n.\r\n", bad, ""},
+		{"CRLF dot NUL smuggling", "a\r\n.\x00\r\nMAIL FROM:<x@evil.example>\r\n.\r\n", bad, ""},
+		{"one over the limit", strings.Repeat("x", 999) + "\r\n.\r\n", big, ""},
+		{"over the limit with smuggling", strings.Repeat("x", 1200) + "\n.\nMAIL FROM:<x@evil.example>\r\n.\r\n", big, ""},
+	}
+	for _, tc := range tests {
+		for _, oneByte := range []bool{false, true} {
+			fs := startFzSession(t, fzOptions{})
+			fzToRcpt(fs)
+			fs.expect("DATA", "354 ")
+			if oneByte {
+				for i := 0; i < len(tc.body); i++ {
+					fs.send(tc.body[i : i+1])
+				}
+			} else {
+				fs.send(tc.body)
+			}
+			if r := fs.reply(); !strings.HasPrefix(r, tc.want) {
+				fs.fatalf("%s (one octet per write %v): got %q, want %s...", tc.name, oneByte, r, tc.want)
+			}
+			// The session goes on, and a new transaction reaches a new
+			// upstream connection when the last one was aborted.
+			fs.expect("NOOP", "250 2.0.0 Ok")
+			fzToRcptAgain(fs)
+			fs.expect("DATA", "354 ")
+			fs.send("second\r\n.\r\n")
+			fs.reply()
+			out := fs.finish("QUIT\r\n")
+			if out != "221 2.0.0 Bye\r\n" {
+				fs.fatalf("%s: QUIT got %q", tc.name, out)
+			}
+			up := fs.up.received()
+			_, first, _ := strings.Cut(up, "DATA\r\n")
+			if tc.upstream != "" && !strings.HasPrefix(first, tc.upstream) {
+				fs.fatalf("%s: upstream received %q, want %q", tc.name, first, tc.upstream)
+			}
+			if strings.Contains(up, "evil") {
+				fs.fatalf("%s: smuggled content reached the upstream", tc.name)
+			}
+			if want := map[bool]int{true: 2, false: 1}[tc.want == queued]; fs.up.accepted() != want {
+				fs.fatalf("%s: upstream accepted %d messages, want %d", tc.name, fs.up.accepted(), want)
+			}
+		}
+	}
+}
+
+func fzToRcptAgain(fs *fzSession) {
+	fs.expect("MAIL FROM:<a@example.net>", "250 ")
+	fs.expect("RCPT TO:<b@example.org>", "250 ")
+}
