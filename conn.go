@@ -118,3 +118,25 @@ func unmap(ip net.IP) net.IP {
 	}
 	return ip
 }
+
+// inputPending reports, without waiting, whether the client has sent
+// anything yet (a peek at the socket's receive queue). A read with an
+// already expired deadline cannot tell: Go fails it before reading. Pipes
+// cannot be peeked at and report false.
+func inputPending(conn net.Conn) bool {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	var n int
+	var b [1]byte
+	rc.Read(func(fd uintptr) bool {
+		n, _, _ = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true
+	})
+	return n > 0
+}

@@ -184,7 +184,10 @@ func (s *Session) serve() {
 // earlyTalker refuses a client that talks before the banner (RFC 5321
 // §4.3.1: the client waits for it), and an untrusted PROXY header.
 func (s *Session) earlyTalker() bool {
-	s.conn.SetReadDeadline(time.Now())
+	if s.r.Buffered() == 0 && !inputPending(s.conn) {
+		return false
+	}
+	s.conn.SetReadDeadline(s.deadline(s.cfg.CommandTimeout.Duration))
 	b, _ := s.r.Peek(1)
 	s.conn.SetReadDeadline(time.Time{})
 	if len(b) == 0 {
