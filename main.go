@@ -78,6 +78,13 @@ func serveConnection(cfgPath string) int {
 			log.Debug("PROXY header", "peer", s.clientString(), "client", src.String())
 			s.clientIP, s.clientPort = unmap(src.IP), src.Port
 		}
+	} else if cfg.ProxyProtocol != nil {
+		// A peer that is not trusted must not send a PROXY header, and one
+		// that does is refused before the banner (earlyTalker). A load
+		// balancer sends its header at once: give it a moment to arrive.
+		conn.SetReadDeadline(time.Now().Add(untrustedHeaderWait))
+		s.r.Peek(1)
+		conn.SetReadDeadline(time.Time{})
 	}
 	log.Debug("connect", "client", s.clientString())
 

@@ -14,6 +14,11 @@ import (
 // PROXY header.
 const proxyHeaderTimeout = 10 * time.Second
 
+// untrustedHeaderWait is how long willi, with [proxy_protocol] set, waits
+// before greeting a peer that is not trusted, so that a PROXY header that
+// peer sends is seen, and refused, before any banner.
+const untrustedHeaderWait = 500 * time.Millisecond
+
 // readProxyHeader reads the PROXY v1/v2 header that a trusted peer must
 // send before anything else and returns the client address it names.
 // LOCAL (health check) headers carry no address: the peer's own is kept.
