@@ -121,11 +121,14 @@ func (f *fakeUpConn) String() string {
 }
 
 // hUpstreamCommand matches every command line willi builds for an upstream.
-var hUpstreamCommand = regexp.MustCompile(`^(?:(?:EHLO|HELO) [!-~][ -~]*` +
+// The greeting after XCLIENT carries the client's own HELO name, which
+// may hold a tab or 8-bit octets, never CR, LF or NUL.
+var hUpstreamCommand = regexp.MustCompile(`^(?:(?:EHLO|HELO) [^\x00-\x20\x7f][^\x00-\x08\x0a-\x1f\x7f]*` +
 	`|STARTTLS|RSET|NOOP|QUIT|DATA` +
 	`|MAIL FROM:<[^\x00-\x20<>\x7f]*>(?: SIZE=[1-9][0-9]*)?(?: BODY=(?:7BIT|8BITMIME))?(?: SMTPUTF8)?` +
 	`|RCPT TO:<[^\x00-\x20<>\x7f]+>` +
 	`|XCLIENT(?: (?:NAME|ADDR|PORT|PROTO|HELO|LOGIN|DESTADDR|DESTPORT)=[!-~]+)+` +
+	`|PROXY (?:TCP4|TCP6|UNKNOWN)[ -~]*` +
 	`)\r\n$`)
 
 // fakeUpstreams hands willi's dials to scripted servers.
@@ -265,6 +268,10 @@ func (f *fakeUpstreams) serve(raw net.Conn, fc *fakeUpConn) {
 		verb, _, _ := strings.Cut(cmd, " ")
 		verb, _, _ = strings.Cut(verb, ":")
 		switch verb {
+		case "PROXY":
+			if fc.got.Len() != len(line) {
+				bad("PROXY header not first: %q", line)
+			}
 		case "EHLO":
 			exts := []string{"PIPELINING", "SIZE 100000000", "8BITMIME", "SMTPUTF8"}
 			if x := f.script["ext"]; x != "" {
