@@ -1242,8 +1242,6 @@ func pySMTP(t testing.TB, o pyOpts) pyResult {
 // "send-proxy-v2" or "send-proxy"). It returns the frontend address.
 func startHAProxy(t testing.TB, backend string, serverOpts ...string) (addr string) {
 	t.Helper()
-	hap := needProgram(t, "haproxy")
-	dir := t.TempDir()
 	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	cfg := fmt.Sprintf(`global
     log stderr format raw local0 info
@@ -1264,9 +1262,25 @@ frontend smtp_in
 backend willi
     server w1 %s %s
 `, addr, backend, strings.Join(serverOpts, " "))
+	startHAProxyConfig(t, cfg, addr)
+	return addr
+}
+
+// startHAProxyConfig runs HAProxy with the configuration cfg, after
+// `haproxy -c` accepts it, and waits until it listens on addr.
+func startHAProxyConfig(t testing.TB, cfg, addr string) {
+	t.Helper()
+	hap := needProgram(t, "haproxy")
+	dir := t.TempDir()
 	cfgPath := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	out, err := exec.CommandContext(ctx, hap, "-c", "-f", cfgPath).CombinedOutput()
+	cancel()
+	if err != nil {
+		t.Fatalf("haproxy -c rejects the configuration: %v\n%s\n%s", err, out, cfg)
 	}
 	logPath := filepath.Join(dir, "haproxy.log")
 	lf, err := os.Create(logPath)
@@ -1279,10 +1293,9 @@ backend willi
 	t.Cleanup(func() {
 		lf.Close()
 		if t.Failed() {
-			t.Logf("haproxy log:\n%s", tailFile(logPath, 8<<10))
+			t.Logf("haproxy config:\n%s\nhaproxy log:\n%s", cfg, tailFile(logPath, 8<<10))
 		}
 	})
 	startGroup(t, cmd, "haproxy")
 	waitListening(t, addr, 10*time.Second, "haproxy")
-	return addr
 }
