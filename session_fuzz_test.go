@@ -205,8 +205,9 @@ func (fs *fzSession) expect(line, prefix string) {
 // upstreams. It returns the replies to in.
 func (fs *fzSession) finish(in string) string {
 	fs.t.Helper()
+	closed := fs.closed
 	go func() {
-		if !fs.closed {
+		if !closed {
 			// willi reads as it goes; a write it never reads (it
 			// closed first) is not an error here.
 			fs.client.SetWriteDeadline(time.Now().Add(fzWait))
