@@ -110,6 +110,21 @@ func (s *Session) deadline(d time.Duration) time.Time {
 	return t
 }
 
+// finalReplyGrace is how long the reply that ends a session may take to
+// write once session_timeout has passed (the 421 that says so).
+const finalReplyGrace = 2 * time.Second
+
+// writeDeadline bounds a write to the client like a read (command_timeout,
+// cut at the session's end); past the end, the closing reply still gets a
+// moment to go out.
+func (s *Session) writeDeadline() time.Time {
+	t := s.deadline(s.cfg.CommandTimeout.Duration)
+	if !t.After(time.Now()) {
+		return time.Now().Add(finalReplyGrace)
+	}
+	return t
+}
+
 // write queues a reply; replies go out in order, flushed before any read
 // that would block (RFC 2920).
 func (s *Session) write(r *Reply) {
@@ -119,14 +134,14 @@ func (s *Session) write(r *Reply) {
 	if s.debug {
 		s.log.Debug("c<", "reply", strings.TrimSuffix(string(buf), "\r\n"))
 	}
-	s.conn.SetWriteDeadline(s.deadline(s.cfg.CommandTimeout.Duration))
+	s.conn.SetWriteDeadline(s.writeDeadline())
 	s.w.Write(buf)
 }
 
 func (s *Session) flush() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.conn.SetWriteDeadline(s.deadline(s.cfg.CommandTimeout.Duration))
+	s.conn.SetWriteDeadline(s.writeDeadline())
 	return s.w.Flush()
 }
 
