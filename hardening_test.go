@@ -100,7 +100,8 @@ type hcase struct {
 // which wins over its verb; "data" for the first line of message data; "."
 // for the end of data; "EHLO+tls" for EHLO after STARTTLS; "ext" for extra
 // EHLO keywords separated by "|". Values are the raw bytes to send, or
-// <close> (close without a word) or <stall> (answer nothing more).
+// <close> (close without a word) or <stall> (answer nothing more), each
+// optionally after <sleep DURATION>.
 type upScript map[string]string
 
 // fakeUpConn is what one upstream connection saw.
@@ -218,6 +219,12 @@ func (f *fakeUpstreams) serve(raw net.Conn, fc *fakeUpConn) {
 		}
 		if !ok {
 			v = def
+		}
+		if rest, ok := strings.CutPrefix(v, "<sleep "); ok {
+			d, after, _ := strings.Cut(rest, ">")
+			pause, _ := time.ParseDuration(d)
+			time.Sleep(pause)
+			v = after
 		}
 		switch v {
 		case "<close>":
