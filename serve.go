@@ -282,16 +282,23 @@ func (s *server) start(c *net.TCPConn, ip string, port int) (*exec.Cmd, error) {
 
 // serveChildEnv is our environment without socket-activation variables
 // (they would point the child at the wrong fd) plus the client's address,
-// named as systemd names it.
+// named as systemd names it, and GOMAXPROCS=1 unless set (one session needs
+// one CPU; as willi@.service sets it).
 func serveChildEnv(env []string, ip string, port int) []string {
-	out := make([]string, 0, len(env)+2)
+	out := make([]string, 0, len(env)+3)
+	procs := false
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
 		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "REMOTE_ADDR", "REMOTE_PORT":
 			continue
+		case "GOMAXPROCS":
+			procs = true
 		}
 		out = append(out, kv)
+	}
+	if !procs {
+		out = append(out, "GOMAXPROCS=1")
 	}
 	return append(out, "REMOTE_ADDR="+ip, "REMOTE_PORT="+strconv.Itoa(port))
 }

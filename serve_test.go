@@ -452,7 +452,12 @@ func TestServeRefusesToStart(t *testing.T) {
 
 func TestServeChildEnv(t *testing.T) {
 	env := serveChildEnv([]string{"PATH=/bin", "LISTEN_FDS=1", "LISTEN_PID=7", "LISTEN_FDNAMES=x", "REMOTE_ADDR=9.9.9.9", "HOME=/root"}, "2001:db8::1", 4242)
-	want := []string{"PATH=/bin", "HOME=/root", "REMOTE_ADDR=2001:db8::1", "REMOTE_PORT=4242"}
+	want := []string{"PATH=/bin", "HOME=/root", "GOMAXPROCS=1", "REMOTE_ADDR=2001:db8::1", "REMOTE_PORT=4242"}
+	if !slices.Equal(env, want) {
+		t.Errorf("serveChildEnv = %q, want %q", env, want)
+	}
+	env = serveChildEnv([]string{"GOMAXPROCS=4"}, "192.0.2.1", 25)
+	want = []string{"GOMAXPROCS=4", "REMOTE_ADDR=192.0.2.1", "REMOTE_PORT=25"}
 	if !slices.Equal(env, want) {
 		t.Errorf("serveChildEnv = %q, want %q", env, want)
 	}

@@ -197,7 +197,9 @@ start_floor() {
 	LAUNCHED_PID=$!
 }
 start_willi() {
-	systemd-socket-activate --accept --inetd -l "127.0.0.1:$1" "$OUT/bin/willi" -config "$OUT/willi.conf" \
+	# GOMAXPROCS=1 as willi@.service, the xinetd and tcpserver examples and
+	# willi serve set it.
+	systemd-socket-activate --accept --inetd -l "127.0.0.1:$1" -E GOMAXPROCS=1 "$OUT/bin/willi" -config "$OUT/willi.conf" \
 		>/dev/null 2>"$OUT/log/willi.err" &
 	LAUNCHED_PID=$!
 }
