@@ -161,11 +161,13 @@ func (s *Session) name() string {
 }
 
 // xclientCommands packs attributes into XCLIENT commands under 512 octets,
-// the last attributes (NAME, ADDR) kept together in the last command.
+// the connection attributes (PORT, NAME, ADDR) kept together in the last
+// command, as Postfix applies them as one.
 func xclientCommands(attrs []string) []string {
 	const max = 510 // 512 less CRLF
 	tail := len(attrs)
-	for tail > 0 && (strings.HasPrefix(attrs[tail-1], "NAME=") || strings.HasPrefix(attrs[tail-1], "ADDR=")) {
+	for tail > 0 && (strings.HasPrefix(attrs[tail-1], "NAME=") || strings.HasPrefix(attrs[tail-1], "ADDR=") ||
+		strings.HasPrefix(attrs[tail-1], "PORT=")) {
 		tail--
 	}
 	units := append([]string(nil), attrs[:tail]...)

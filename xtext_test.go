@@ -166,8 +166,8 @@ func TestXCLIENTCommands(t *testing.T) {
 			}
 		}
 		last := cmds[len(cmds)-1]
-		if !strings.Contains(last, " NAME=") || !strings.Contains(last, " ADDR=") {
-			t.Fatalf("HELO %q: NAME and ADDR not in the last command %q", helo, last)
+		if !strings.Contains(last, " NAME=") || !strings.Contains(last, " ADDR=") || !strings.Contains(last, " PORT=") {
+			t.Fatalf("HELO %q: PORT, NAME and ADDR not in the last command %q", helo, last)
 		}
 	}
 }
