@@ -384,30 +384,46 @@ file = "routes.csv"
 	})
 }
 
-// soReadmeHAProxyConfig returns the HAProxy configuration of README.md's
-// "Scaling out" section with its addresses made loopback ones: the
-// frontend on frontAddr, mx1 and mx2 on the two willi hosts. It also
-// returns the README's [proxy_protocol] line for the willi hosts.
-func soReadmeHAProxyConfig(t testing.TB, frontAddr, mx1, mx2 string) (cfg, trustedLine string) {
+// soReadmeScalingOut returns README.md's "Scaling out" section.
+func soReadmeScalingOut(t testing.TB) string {
 	t.Helper()
 	b, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme := string(b)
-	_, sec, ok := strings.Cut(readme, "\n## Scaling out\n")
+	_, sec, ok := strings.Cut(string(b), "\n## Scaling out\n")
 	if !ok {
 		t.Fatal(`README.md has no "## Scaling out" section`)
 	}
 	if i := strings.Index(sec, "\n## "); i >= 0 {
 		sec = sec[:i]
 	}
-	_, block, ok := strings.Cut(sec, "\n```\n")
-	if !ok {
-		t.Fatal("README's Scaling out section has no code block")
+	return sec
+}
+
+// soReadmeBlock returns the code block of the Scaling out section that
+// contains marker.
+func soReadmeBlock(t testing.TB, sec, marker string) string {
+	t.Helper()
+	parts := strings.Split(sec, "\n```")
+	for i := 1; i < len(parts); i += 2 {
+		block := strings.TrimPrefix(parts[i], "\n")
+		if strings.Contains(block, marker) {
+			return block + "\n"
+		}
 	}
-	block, _, _ = strings.Cut(block, "\n```")
-	block += "\n"
+	t.Fatalf("README's Scaling out section has no code block with %q", marker)
+	return ""
+}
+
+// soReadmeHAProxyConfig returns the HAProxy configuration of README.md's
+// "Scaling out" section with its addresses made loopback ones: the
+// frontend on frontAddr, mx1 and mx2 on the two willi hosts. It also
+// returns the README's [proxy_protocol] line for the willi hosts.
+func soReadmeHAProxyConfig(t testing.TB, frontAddr, mx1, mx2 string) (cfg, trustedLine string) {
+	t.Helper()
+	sec := soReadmeScalingOut(t)
+	block := soReadmeBlock(t, sec, "frontend smtp")
 	for _, want := range []string{"frontend smtp", "bind :25", "backend willi", "send-proxy-v2", " 10.0.0.11:25 ", " 10.0.0.12:25 "} {
 		if !strings.Contains(block, want) {
 			t.Fatalf("README's HAProxy config lacks %q (the test substitutes loopback addresses for it):\n%s", want, block)
@@ -419,6 +435,36 @@ func soReadmeHAProxyConfig(t testing.TB, frontAddr, mx1, mx2 string) (cfg, trust
 	}
 	cfg = strings.NewReplacer("bind :25", "bind "+frontAddr, " 10.0.0.11:25 ", " "+mx1+" ", " 10.0.0.12:25 ", " "+mx2+" ").Replace(block)
 	return cfg, m[1]
+}
+
+// soWilliHosts starts the two willi hosts, mx1 and mx2, each with the
+// README's [proxy_protocol] (trusting HAProxy on 127.0.0.1) and one mysql
+// mapping (dsn, query). It returns them by name and their addresses.
+func soWilliHosts(t testing.TB, bin, dsn, query string) (map[string]*williListener, []string) {
+	t.Helper()
+	_, trusted := soReadmeHAProxyConfig(t, "127.0.0.1:25", "127.0.0.1:1", "127.0.0.1:2")
+	// The README trusts HAProxy's address; here HAProxy is 127.0.0.1.
+	trusted = regexp.MustCompile(`\[[^]]*\]`).ReplaceAllString(trusted, `["127.0.0.1/32"]`)
+	hosts := map[string]*williListener{}
+	var addrs []string
+	for _, name := range []string{"mx1", "mx2"} {
+		cfg := writeConfig(t, t.TempDir(), fmt.Sprintf(`hostname = "%s.test"
+log_level = "debug"
+command_timeout = "60s"
+upstream_connect_timeout = "5s"
+
+[proxy_protocol]
+%s
+
+[[mapping]]
+type = "mysql"
+dsn = %q
+query = %q
+`, name, trusted, dsn, query))
+		hosts[name] = startWilliActivated(t, bin, cfg, williLaunchOpts{})
+		addrs = append(addrs, hosts[name].Addr)
+	}
+	return hosts, addrs
 }
 
 // TestPeerScaleOut: two willi hosts (two socket-activated listeners with
@@ -441,28 +487,7 @@ func TestPeerScaleOut(t *testing.T) {
 	})
 	query := "SELECT server FROM " + table + " WHERE pattern = ?"
 
-	_, trusted := soReadmeHAProxyConfig(t, "127.0.0.1:25", "127.0.0.1:1", "127.0.0.1:2")
-	// The README trusts HAProxy's address; here HAProxy is 127.0.0.1.
-	trusted = regexp.MustCompile(`\[[^]]*\]`).ReplaceAllString(trusted, `["127.0.0.1/32"]`)
-	hosts := map[string]*williListener{}
-	var addrs []string
-	for _, name := range []string{"mx1", "mx2"} {
-		cfg := writeConfig(t, t.TempDir(), fmt.Sprintf(`hostname = "%s.test"
-log_level = "debug"
-command_timeout = "60s"
-upstream_connect_timeout = "5s"
-
-[proxy_protocol]
-%s
-
-[[mapping]]
-type = "mysql"
-dsn = %q
-query = %q
-`, name, trusted, db.DSN(""), query))
-		hosts[name] = startWilliActivated(t, bin, cfg, williLaunchOpts{})
-		addrs = append(addrs, hosts[name].Addr)
-	}
+	hosts, addrs := soWilliHosts(t, bin, db.DSN(""), query)
 
 	for _, variant := range []string{"readme", "roundrobin"} {
 		t.Run(variant, func(t *testing.T) {
