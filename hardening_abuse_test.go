@@ -29,12 +29,20 @@ func TestHardeningAbuse(t *testing.T) {
 	}
 	cases := []hcase{
 		{name: "commands out of sequence",
-			in: hMailIn + noop + "RCPT TO:<b@example.org>\r\n" + noop + "DATA\r\n" + noop + hEhloIn +
-				"RCPT TO:<b@example.org>\r\n" + noop + "DATA\r\n" + noop + hMailIn + "DATA\r\n" + noop + hMailIn + noop +
-				"RCPT TO:<victim@[192.0.2.1]>\r\nDATA\r\n" + hQuit,
-			out: hBanner + hNoHelo + hOK + hNeedMail + hOK + hNeedMail + hOK + hEhlo +
-				hNeedMail + hOK + hNeedMail + hOK + hMailOK + hNoValid + hOK + hNested + hOK +
-				fmt.Sprintf(hNoRelay, "victim@[192.0.2.1]") + hNoValid + hBye},
+			in: hMailIn + noop + "RCPT TO:<b@example.org>\r\n" + noop + hEhloIn +
+				"RCPT TO:<b@example.org>\r\n" + noop + hMailIn + noop + hMailIn + noop +
+				"RCPT TO:<victim@[192.0.2.1]>\r\n" + hQuit,
+			out: hBanner + hNoHelo + hOK + hNeedMail + hOK + hEhlo +
+				hNeedMail + hOK + hMailOK + hOK + hNested + hOK +
+				fmt.Sprintf(hNoRelay, "victim@[192.0.2.1]") + hBye},
+		// DATA out of sequence: what the client pipelined after a refused
+		// DATA (here QUIT, in the same segment) is not read as commands;
+		// the session ends after the refusal.
+		{name: "DATA before EHLO", in: "DATA\r\n" + hQuit, out: hBanner + hNeedMail},
+		{name: "DATA before MAIL", in: hEhloIn + "DATA\r\n" + hQuit, out: hBanner + hEhlo + hNeedMail},
+		{name: "DATA without RCPT", in: hEhloIn + hMailIn + "DATA\r\n" + hQuit, out: hBanner + hEhlo + hMailOK + hNoValid},
+		{name: "DATA after a refused RCPT", in: hEhloIn + hMailIn + "RCPT TO:<victim@[192.0.2.1]>\r\nDATA\r\n" + hQuit,
+			out: hBanner + hEhlo + hMailOK + fmt.Sprintf(hNoRelay, "victim@[192.0.2.1]") + hNoValid},
 		{name: "lines of 512, 513 and 40000 octets",
 			in: hEhloIn + "NOOP " + strings.Repeat("x", 505) + "\r\n" + "NOOP " + strings.Repeat("x", 506) + "\r\n" + noop +
 				"MAIL FROM:<" + strings.Repeat("a", 40000) + "@example.net>\r\n" + noop + hQuit,
@@ -56,8 +64,9 @@ func TestHardeningAbuse(t *testing.T) {
 		{name: "HTTP GET", in: "GET / HTTP/1.1\r\nHost: mx.test\r\n\r\n", out: hBanner + hHTTP},
 		{name: "HTTP POST after EHLO", in: hEhloIn + "POST /submit HTTP/1.0\r\nContent-Length: 0\r\n\r\n", out: hBanner + hEhlo + hHTTP},
 		{name: "HTTP CONNECT", in: "CONNECT mx.test:25 HTTP/1.1\r\n\r\n", out: hBanner + hHTTP},
-		{name: "header-shaped lines count as errors", in: "Host: mx.test\r\nUser-Agent: x\r\nAccept: */*\r\n" + hQuit,
-			out: hBanner + hUnknown + hUnknown + hUnknown + hTooMany},
+		{name: "header-shaped lines end the session as HTTP does", in: "Host: mx.test\r\nUser-Agent: x\r\nAccept: */*\r\n" + hQuit,
+			out: hBanner + hHTTP},
+		{name: "a header line after EHLO", in: hEhloIn + "Subject: hello\r\n" + hQuit, out: hBanner + hEhlo + hHTTP},
 		{name: "BDAT without CHUNKING", in: hEhloIn + "BDAT 10 LAST\r\n0123456789" + hQuit, out: hBanner + hEhlo + hBDAT},
 		{name: "BDAT inside a transaction: the upstream gets no BDAT", in: hEnvIn + "BDAT 5 LAST\r\nhello" + hQuit,
 			out: hEnvOut + hBDAT, ups: []string{hUpEnv + hQuit}},

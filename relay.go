@@ -11,15 +11,15 @@ import (
 // data, so it can accept nothing (security rules 4 and 5).
 func (s *Session) cmdData(arg string) *Reply {
 	if arg != "" {
-		return reply(501, "5.5.4", "Syntax: DATA")
+		return s.dataRefused(reply(501, "5.5.4", "Syntax: DATA"))
 	}
 	if !s.tx.bound || s.up == nil || len(s.tx.rcpts) == 0 {
-		return replyNoValidRcpt
+		return s.dataRefused(replyNoValidRcpt)
 	}
 	u := s.up
 	r, err := u.cmd("DATA")
 	if err != nil {
-		return s.endTx(s.upstreamLost(err), 0)
+		return s.dataRefused(s.endTx(s.upstreamLost(err), 0))
 	}
 	if r.Code != 354 {
 		if r.Positive() {
@@ -31,7 +31,7 @@ func (s *Session) cmdData(arg string) *Reply {
 		if u.broken {
 			s.upstreamGone()
 		}
-		return s.endTx(r, 0)
+		return s.dataRefused(s.endTx(r, 0))
 	}
 	u.inData = true
 	s.write(r)
@@ -96,6 +96,19 @@ func (s *Session) cmdData(arg string) *Reply {
 		s.messages++
 	}
 	return s.endTx(rep, sc.size)
+}
+
+// dataRefused answers a DATA that gets no 354. A client that sent more
+// without waiting for that reply broke RFC 2920 (DATA ends a pipelined
+// group): what it sent is most likely its message, which must not be read
+// as commands, so the session ends after the reply (as Postfix does with
+// smtpd_forbid_unauth_pipelining).
+func (s *Session) dataRefused(r *Reply) *Reply {
+	if s.r.Buffered() > 0 && !r.closes() {
+		s.log.Info("improper command pipelining after DATA, closing", "client", s.clientString())
+		s.closing, s.reason = true, "pipelining-after-data"
+	}
+	return r
 }
 
 // endTx logs the transaction and clears it; the upstream connection stays

@@ -369,6 +369,11 @@ func (s *Session) dispatch(line string) *Reply {
 		return r
 	}, verb)
 	cmd, ok := commands[verb]
+	if !ok && len(verb) > 1 && verb[len(verb)-1] == ':' {
+		// A header line ("Host: ...", "User-Agent: ...") as a command:
+		// HTTP, or a message sent without DATA's go-ahead.
+		return s.cmdHTTP(arg)
+	}
 	if !ok {
 		s.log.Debug("unknown command", "verb", strconvQuote(verb, 10))
 		return s.countError(replyUnknownCommand)
@@ -380,6 +385,9 @@ func (s *Session) dispatch(line string) *Reply {
 				if s.tx.attempted > 0 {
 					r = replyNoValidRcpt
 				}
+			}
+			if verb == "DATA" {
+				r = s.dataRefused(r)
 			}
 			return s.countError(r)
 		}
