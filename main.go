@@ -90,16 +90,20 @@ func serveConnection(cfgPath string) int {
 
 	// SIGTERM (systemd stop, RuntimeMaxSec): tell the client, leave the
 	// upstream without an end of data, exit.
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-	signal.Ignore(syscall.SIGPIPE)
-	go func() {
-		<-sig
-		s.log.Info("signal, closing session", "client", s.clientString())
-		s.write(replyShutdown)
-		s.flush()
-		os.Exit(0)
-	}()
+	// Signals are taken over once the banner is out: before that, a
+	// SIGTERM ends the process with nothing in progress to close.
+	s.greeted = func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+		signal.Ignore(syscall.SIGPIPE)
+		go func() {
+			<-sig
+			s.log.Info("signal, closing session", "client", s.clientString())
+			s.write(replyShutdown)
+			s.flush()
+			os.Exit(0)
+		}()
+	}
 	s.serve()
 	return 0
 }
