@@ -644,15 +644,7 @@ func TestDeployMakeBuildStampsVersion(t *testing.T) {
 func deployMessage(t testing.TB, c *smtpClient, rcpt, subject string) {
 	t.Helper()
 	c.expect(220)
-	if r := c.cmd("EHLO client.test"); r.Code != 250 {
-		t.Fatalf("EHLO: %q", r.Lines)
-	}
-	if r := c.cmd("MAIL FROM:<client@sender.test>"); r.Code != 250 {
-		t.Fatalf("MAIL: %q", r.Lines)
-	}
-	if r := c.cmd("RCPT TO:<" + rcpt + ">"); r.Code != 250 {
-		t.Fatalf("RCPT: %q", r.Lines)
-	}
+	c.want250("EHLO client.test", "MAIL FROM:<client@sender.test>", "RCPT TO:<"+rcpt+">")
 	msg := "From: client@sender.test\r\nTo: " + rcpt + "\r\nSubject: " + subject + "\r\n\r\nHello.\r\n"
 	if r := c.data(dotStuff([]byte(msg))); r.Code != 250 {
 		t.Fatalf("end of data: %q", r.Lines)

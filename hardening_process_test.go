@@ -178,15 +178,7 @@ func TestHardeningProcessBigMessage(t *testing.T) {
 	up := startHSinkUp(t)
 	p, c := hWilli(t, up.addr, "max_message_size = 2147483648")
 	c.expect(220)
-	if r := c.cmd("EHLO client.example"); r.Code != 250 {
-		t.Fatalf("EHLO: %q", r.Lines)
-	}
-	if r := c.cmd("MAIL FROM:<a@example.net> SIZE=1073742000"); r.Code != 250 {
-		t.Fatalf("MAIL: %q", r.Lines)
-	}
-	if r := c.cmd("RCPT TO:<b@example.org>"); r.Code != 250 {
-		t.Fatalf("RCPT: %q", r.Lines)
-	}
+	c.want250("EHLO client.example", "MAIL FROM:<a@example.net> SIZE=1073742000", "RCPT TO:<b@example.org>")
 	if r := c.cmd("DATA"); r.Code != 354 {
 		t.Fatalf("DATA: %q", r.Lines)
 	}
@@ -226,9 +218,7 @@ func TestHardeningProcessSIGTERM(t *testing.T) {
 		up := startHSinkUp(t)
 		p, c := hWilli(t, up.addr, "")
 		c.expect(220)
-		c.cmd("EHLO client.example")
-		c.cmd("MAIL FROM:<a@example.net>")
-		c.cmd("RCPT TO:<b@example.org>")
+		c.want250("EHLO client.example", "MAIL FROM:<a@example.net>", "RCPT TO:<b@example.org>")
 		if r := c.cmd("DATA"); r.Code != 354 {
 			t.Fatalf("DATA: %q", r.Lines)
 		}

@@ -605,6 +605,16 @@ func (c *smtpClient) cmd(line string) smtpReply {
 	return rep
 }
 
+// want250 sends each command and fails the test unless it is answered 250.
+func (c *smtpClient) want250(lines ...string) {
+	c.t.Helper()
+	for _, l := range lines {
+		if r := c.cmd(l); r.Code != 250 {
+			c.t.Fatalf("%s: %q", l, r.Lines)
+		}
+	}
+}
+
 // starttls upgrades the connection after a 220 to STARTTLS.
 func (c *smtpClient) starttls(serverName string) *tls.ConnectionState {
 	c.t.Helper()

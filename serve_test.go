@@ -327,15 +327,7 @@ func TestServeSIGTERMLetsSessionFinish(t *testing.T) {
 
 	c := dialSMTP(t, p.Addr, "")
 	c.expect(220)
-	if r := c.cmd("EHLO client.test"); r.Code != 250 {
-		t.Fatalf("EHLO: %q", r.Lines)
-	}
-	if r := c.cmd("MAIL FROM:<c@sender.test>"); r.Code != 250 {
-		t.Fatalf("MAIL: %q", r.Lines)
-	}
-	if r := c.cmd("RCPT TO:<late@example.com>"); r.Code != 250 {
-		t.Fatalf("RCPT: %q", r.Lines)
-	}
+	c.want250("EHLO client.test", "MAIL FROM:<c@sender.test>", "RCPT TO:<late@example.com>")
 	kids := serveChildren(p.Cmd.Process.Pid)
 	if len(kids) != 1 {
 		t.Fatalf("want one child for the session, have %v", kids)
