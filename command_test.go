@@ -237,7 +237,7 @@ var commandCases = []struct {
 	{"greet", "DATA", "503 5.5.1 Error: need MAIL command\r\n", false},
 	{"ready", "RCPT TO:<b@example.org>", "503 5.5.1 Error: need MAIL command\r\n", false},
 	{"ready", "DATA", "503 5.5.1 Error: need MAIL command\r\n", false},
-	{"mail", "DATA", "554 5.5.1 Error: no valid recipients\r\n", false},
+	{"mail", "DATA", "503 5.5.1 Error: need RCPT command\r\n", false},
 	{"mail", "MAIL FROM:<a@example.net>", "503 5.5.1 Error: nested MAIL command\r\n", false},
 	{"rcpt", "MAIL FROM:<a@example.net>", "503 5.5.1 Error: nested MAIL command\r\n", false},
 }

@@ -40,7 +40,7 @@ func TestHardeningAbuse(t *testing.T) {
 		// the session ends after the refusal.
 		{name: "DATA before EHLO", in: "DATA\r\n" + hQuit, out: hBanner + hNeedMail},
 		{name: "DATA before MAIL", in: hEhloIn + "DATA\r\n" + hQuit, out: hBanner + hEhlo + hNeedMail},
-		{name: "DATA without RCPT", in: hEhloIn + hMailIn + "DATA\r\n" + hQuit, out: hBanner + hEhlo + hMailOK + hNoValid},
+		{name: "DATA without RCPT", in: hEhloIn + hMailIn + "DATA\r\n" + hQuit, out: hBanner + hEhlo + hMailOK + hNeedRcpt},
 		{name: "DATA after a refused RCPT", in: hEhloIn + hMailIn + "RCPT TO:<victim@[192.0.2.1]>\r\nDATA\r\n" + hQuit,
 			out: hBanner + hEhlo + hMailOK + fmt.Sprintf(hNoRelay, "victim@[192.0.2.1]") + hNoValid},
 		{name: "lines of 512, 513 and 40000 octets",

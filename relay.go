@@ -14,6 +14,9 @@ func (s *Session) cmdData(arg string) *Reply {
 		return s.dataRefused(reply(501, "5.5.4", "Syntax: DATA"))
 	}
 	if !s.tx.bound || s.up == nil || len(s.tx.rcpts) == 0 {
+		if s.tx.attempted == 0 {
+			return s.dataRefused(replyNeedRcpt) // as Postfix: no RCPT yet
+		}
 		return s.dataRefused(replyNoValidRcpt)
 	}
 	u := s.up

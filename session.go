@@ -388,12 +388,6 @@ func (s *Session) dispatch(line string) *Reply {
 	}
 	if cmd.seq != nil {
 		if r := cmd.seq(s.phase); r != nil {
-			if verb == "DATA" && s.phase == phaseMail {
-				r = replyNeedRcpt
-				if s.tx.attempted > 0 {
-					r = replyNoValidRcpt
-				}
-			}
 			if verb == "DATA" {
 				r = s.dataRefused(r)
 			}
