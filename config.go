@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -348,5 +347,3 @@ func (p *ProxyConfig) trusts(ip net.IP) bool {
 	}
 	return false
 }
-
-var errNoConfig = errors.New("no config")

@@ -92,9 +92,9 @@ func (u *hSinkUp) readData(r *bufio.Reader) bool {
 	tail := []byte("\r\n") // the last octets seen, to find an end across reads
 	var n int64
 	for {
-		buf, err := r.Peek(r.Buffered())
+		buf, _ := r.Peek(r.Buffered())
 		if len(buf) == 0 {
-			if _, err = r.Peek(1); err != nil {
+			if _, err := r.Peek(1); err != nil {
 				return false
 			}
 			continue

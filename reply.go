@@ -101,7 +101,7 @@ var (
 	replyEarlyTalker       = reply(554, "5.5.0", "Error: SMTP protocol synchronization")
 	replyBDAT              = reply(521, "5.5.1", "Error: BDAT without CHUNKING, closing connection")
 	replyNoAuth            = reply(502, "5.5.1", "Error: authentication not enabled")
-	replyNoXCLIENT         = reply(502, "5.5.1", "Error: command not implemented")
+	replyNotImplemented    = reply(502, "5.5.1", "Error: command not implemented")
 	replyTooManyRcpts      = reply(452, "4.5.3", "Error: too many recipients")
 	replyOtherUpstream     = reply(452, "4.5.3", "Error: too many recipients; send this one in a new transaction")
 	replyMessageTooBig     = reply(552, "5.3.4", "Error: message file too big")

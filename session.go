@@ -302,13 +302,6 @@ type command struct {
 	seq func(p phase) *Reply
 }
 
-func needGreeting(p phase) *Reply {
-	if p == phaseGreet {
-		return replyBadSequenceNoHelo
-	}
-	return nil
-}
-
 func needNoTransaction(p phase) *Reply {
 	switch p {
 	case phaseGreet:
@@ -353,8 +346,8 @@ func init() {
 		"XCLIENT":  {fn: fixed(reply(550, "5.7.0", "Error: insufficient authorization"))},
 		"XFORWARD": {fn: fixed(reply(550, "5.7.0", "Error: insufficient authorization"))},
 		"BDAT":     {fn: fixed(replyBDAT)},
-		"TURN":     {fn: fixed(reply(502, "5.5.1", "Error: command not implemented"))},
-		"ETRN":     {fn: fixed(reply(502, "5.5.1", "Error: command not implemented"))},
+		"TURN":     {fn: fixed(replyNotImplemented)},
+		"ETRN":     {fn: fixed(replyNotImplemented)},
 	}
 	for _, verb := range []string{"GET", "POST", "HEAD", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"} {
 		commands[verb] = command{fn: (*Session).cmdHTTP}

@@ -29,7 +29,7 @@ func tlsSummary(st tls.ConnectionState) string {
 // cmdStartTLS handles the client's STARTTLS (RFC 3207).
 func (s *Session) cmdStartTLS(arg string) *Reply {
 	if s.cfg.TLS == nil {
-		return reply(502, "5.5.1", "Error: command not implemented")
+		return replyNotImplemented
 	}
 	if s.tlsInfo != "" {
 		return reply(554, "5.5.1", "Error: TLS already active")

@@ -448,19 +448,6 @@ func upstreamCert(t *testing.T, dir, cn string) *tls.Config {
 	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 }
 
-// noPlainTransaction fails when an upstream received any command beyond
-// EHLO, STARTTLS and QUIT in plaintext.
-func noPlainTransaction(t *testing.T, u *fakeUpstream) {
-	t.Helper()
-	for _, v := range u.verbs(false) {
-		switch v {
-		case "EHLO", "STARTTLS", "QUIT":
-		default:
-			t.Errorf("upstream received %q in plaintext: %q", v, u.texts(false))
-		}
-	}
-}
-
 // ---------------------------------------------------------------------------
 // Upstream STARTTLS policies
 
