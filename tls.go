@@ -123,15 +123,7 @@ func (u *upstream) startTLS() *Reply {
 	u.r = bufio.NewReaderSize(tc, 4096)
 	u.tls = tlsSummary(tc.ConnectionState())
 	// RFC 3207 §4.2: the pre-TLS capabilities are void; ask again.
-	r, err = u.ehlo()
-	if err != nil {
-		return u.failure(err)
-	}
-	if r.Code != 250 {
-		u.close()
-		return replyUpstreamProtocol
-	}
-	return nil
+	return u.regreet(u.s.cfg.Hostname, true)
 }
 
 func (u *upstream) failureTLS(err error) *Reply {

@@ -228,6 +228,20 @@ func (u *upstream) greet(name string, esmtp bool) (*Reply, error) {
 	return u.cmd("HELO " + name)
 }
 
+// regreet greets an upstream that greeted anew (after STARTTLS or
+// XCLIENT); the capabilities are this greeting's.
+func (u *upstream) regreet(name string, esmtp bool) *Reply {
+	r, err := u.greet(name, esmtp)
+	if err != nil {
+		return u.failure(err)
+	}
+	if r.Code != 250 {
+		u.close()
+		return replyUpstreamProtocol
+	}
+	return nil
+}
+
 func (u *upstream) has(ext string) bool {
 	_, ok := u.ext[ext]
 	return ok

@@ -228,13 +228,5 @@ func (u *upstream) sendXCLIENT() *Reply {
 	if name == "" || len(name) > maxXCLIENTValue {
 		name, esmtp = u.s.cfg.Hostname, true
 	}
-	r, err := u.greet(name, esmtp)
-	if err != nil {
-		return u.failure(err)
-	}
-	if r.Code != 250 {
-		u.close()
-		return replyUpstreamProtocol
-	}
-	return nil
+	return u.regreet(name, esmtp)
 }
