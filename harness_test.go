@@ -184,14 +184,16 @@ func waitListening(t testing.TB, addr string, timeout time.Duration, what string
 	}
 }
 
-// processGroupMembers lists the pids in process group pgid, excluding pgid
-// itself.
-func processGroupMembers(pgid int) []int {
-	var pids []int
+// procEntry is a live (not zombie) process from /proc/PID/stat.
+type procEntry struct{ pid, ppid, pgrp int }
+
+// liveProcesses lists every process that is not a zombie.
+func liveProcesses() []procEntry {
+	var out []procEntry
 	ents, _ := os.ReadDir("/proc")
 	for _, e := range ents {
 		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == pgid {
+		if err != nil {
 			continue
 		}
 		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
@@ -208,8 +210,20 @@ func processGroupMembers(pgid int) []int {
 		if len(f) < 3 || f[0] == "Z" {
 			continue
 		}
-		if g, _ := strconv.Atoi(f[2]); g == pgid {
-			pids = append(pids, pid)
+		ppid, _ := strconv.Atoi(f[1])
+		pgrp, _ := strconv.Atoi(f[2])
+		out = append(out, procEntry{pid, ppid, pgrp})
+	}
+	return out
+}
+
+// processGroupMembers lists the pids in process group pgid, excluding pgid
+// itself.
+func processGroupMembers(pgid int) []int {
+	var pids []int
+	for _, p := range liveProcesses() {
+		if p.pgrp == pgid && p.pid != pgid {
+			pids = append(pids, p.pid)
 		}
 	}
 	return pids

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -125,24 +124,9 @@ func (p *serveProc) waitLog(t testing.TB, re string, n int, timeout time.Duratio
 // serveChildren lists the live processes whose parent is pid.
 func serveChildren(pid int) []int {
 	var kids []int
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		k, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		data, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		s := string(data)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) >= 2 && f[0] != "Z" && f[1] == strconv.Itoa(pid) {
-			kids = append(kids, k)
+	for _, p := range liveProcesses() {
+		if p.ppid == pid {
+			kids = append(kids, p.pid)
 		}
 	}
 	return kids
