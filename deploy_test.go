@@ -731,24 +731,38 @@ func TestDeployXinetd(t *testing.T) {
 	startGroup(t, cmd, "xinetd")
 	waitListening(t, addr, 10*time.Second, "xinetd")
 
+	deployTwoMessages(t, addr, dump, "xinetd")
+	// One process per connection: xinetd logged two starts and two exits.
+	waitLogFile(t, filepath.Join(filepath.Dir(conf), "xinetd.log"), "two START and EXIT lines", func(log []byte) bool {
+		return bytes.Count(log, []byte("EXIT: willi status=0")) >= 2 && bytes.Count(log, []byte("START: willi")) >= 2
+	})
+}
+
+// deployTwoMessages sends two messages through addr, one connection each,
+// and checks that the sink got both.
+func deployTwoMessages(t *testing.T, addr, dump, via string) {
+	t.Helper()
 	for i := 0; i < 2; i++ {
-		deployMessage(t, dialSMTP(t, addr, ""), "someone@example.com", fmt.Sprintf("via xinetd %d", i))
+		deployMessage(t, dialSMTP(t, addr, ""), "someone@example.com", fmt.Sprintf("via %s %d", via, i))
 	}
-	msgs := readSinkMessages(t, dump, 2, 20*time.Second)
-	for i, m := range msgs {
-		if !bytes.Contains(m.Data, []byte("Subject: via xinetd")) {
+	for i, m := range readSinkMessages(t, dump, 2, 20*time.Second) {
+		if !bytes.Contains(m.Data, []byte("Subject: via "+via)) {
 			t.Errorf("sink message %d is not ours:\n%s", i, m.Data)
 		}
 	}
-	// One process per connection: xinetd logged two starts and two exits.
+}
+
+// waitLogFile waits up to 10 s for the file at path to satisfy done.
+func waitLogFile(t *testing.T, path, what string, done func(log []byte) bool) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		log, _ := os.ReadFile(filepath.Join(filepath.Dir(conf), "xinetd.log"))
-		if bytes.Count(log, []byte("EXIT: willi status=0")) >= 2 && bytes.Count(log, []byte("START: willi")) >= 2 {
-			break
+		log, _ := os.ReadFile(path)
+		if done(log) {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("xinetd did not log two START and EXIT lines:\n%s", log)
+			t.Fatalf("%s: no %s in:\n%s", path, what, log)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -782,27 +796,12 @@ func TestDeployTCPServer(t *testing.T) {
 	startGroup(t, cmd, "tcpserver run script")
 	waitListening(t, addr, 10*time.Second, "tcpserver")
 
-	for i := 0; i < 2; i++ {
-		deployMessage(t, dialSMTP(t, addr, ""), "someone@example.com", fmt.Sprintf("via tcpserver %d", i))
-	}
-	msgs := readSinkMessages(t, dump, 2, 20*time.Second)
-	for i, m := range msgs {
-		if !bytes.Contains(m.Data, []byte("Subject: via tcpserver")) {
-			t.Errorf("sink message %d is not ours:\n%s", i, m.Data)
-		}
-	}
+	deployTwoMessages(t, addr, dump, "tcpserver")
 	// tcpserver -v logs each child: "tcpserver: end PID status 0".
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		log, _ := os.ReadFile(logPath)
-		if n := regexp.MustCompile(`tcpserver: end \d+ status 0`).FindAll(log, -1); len(n) >= 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("tcpserver did not log two children ending with status 0:\n%s", log)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	ended := regexp.MustCompile(`tcpserver: end \d+ status 0`)
+	waitLogFile(t, logPath, "two children ending with status 0", func(log []byte) bool {
+		return len(ended.FindAll(log, -1)) >= 2
+	})
 }
 
 // TestDeployDemo runs the README's first command, on free ports.
