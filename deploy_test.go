@@ -825,3 +825,42 @@ func TestDeployDemo(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployMakeInstallRemote runs make install TARGET_HOST=... with scp
+// and ssh stand-ins that act on a scratch "remote" folder: the release is
+// copied to the host's /tmp, unpacked there, installed by its install.sh
+// (into a scratch root, by DESTDIR) and the copy removed.
+func TestDeployMakeInstallRemote(t *testing.T) {
+	needRoot(t)
+	needProgram(t, "make")
+	needProgram(t, "git")
+	dir, remote, root, dist := t.TempDir(), t.TempDir(), t.TempDir(), t.TempDir()
+	if err := os.MkdirAll(filepath.Join(remote, "tmp"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	calls := filepath.Join(dir, "calls")
+	for name, script := range map[string]string{
+		// scp FILE HOST:PATH copies FILE to PATH under the remote folder.
+		"scp": `echo "scp $*" >>"$FAKE_CALLS"; cp "$1" "$FAKE_REMOTE${2#*:}"`,
+		// ssh HOST COMMAND runs COMMAND with the host's /tmp in the remote folder.
+		"ssh": `echo "ssh $1" >>"$FAKE_CALLS"; sh -c "$(printf '%s' "$2" | sed "s#/tmp/#$FAKE_REMOTE/tmp/#g")"`,
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte("#!/bin/sh\nset -e\n"+script+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	env := []string{"FAKE_CALLS=" + calls, "FAKE_REMOTE=" + remote, "DESTDIR=" + root}
+	out := deployMustRun(t, 5*time.Minute, env, "make", "-s", "install", "TARGET_HOST=mx.example",
+		"SSH="+filepath.Join(dir, "ssh"), "SCP="+filepath.Join(dir, "scp"), "DIST="+dist)
+	log, _ := os.ReadFile(calls)
+	if !regexp.MustCompile(`(?m)^scp \S+/willi-v\S+\.tar\.gz mx\.example:/tmp/willi-v\S+\.tar\.gz\n^ssh mx\.example$`).Match(log) {
+		t.Errorf("scp and ssh calls:\n%s", log)
+	}
+	got := deployMustRun(t, time.Minute, nil, filepath.Join(root, "opt/willi/bin/willi"), "version")
+	if !strings.HasPrefix(got, "willi v") {
+		t.Errorf("installed willi version: %q\nmake output:\n%s", got, out)
+	}
+	if left, _ := filepath.Glob(filepath.Join(remote, "tmp", "*")); len(left) != 0 {
+		t.Errorf("left on the host's /tmp: %v", left)
+	}
+}
