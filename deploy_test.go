@@ -390,7 +390,8 @@ func TestDeploySystemdVerify(t *testing.T) {
 		`(?m)^NoNewPrivileges=yes$`, `(?m)^ProtectSystem=strict$`, `(?m)^ProtectHome=yes$`,
 		`(?m)^PrivateTmp=yes$`, `(?m)^PrivateDevices=yes$`, `(?m)^CapabilityBoundingSet=$`,
 		`(?m)^RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX$`, `(?m)^SystemCallFilter=@system-service$`,
-		`(?m)^MemoryMax=\S+$`, `(?m)^RuntimeMaxSec=\S+$`, `(?m)^CollectMode=inactive-or-failed$`} {
+		`(?m)^MemoryMax=\S+$`, `(?m)^RuntimeMaxSec=\S+$`, `(?m)^CollectMode=inactive-or-failed$`,
+		`(?m)^Environment=GOMAXPROCS=1$`} {
 		if !regexp.MustCompile(re).Match(svc) {
 			t.Errorf("willi@.service lacks %s", re)
 		}
