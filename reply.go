@@ -111,6 +111,7 @@ var (
 	replyRouteLoop         = reply(451, "4.4.6", "Error: routing loop detected, try again later")
 	replyUpstreamDown      = reply(451, "4.4.1", "Error: no upstream server reachable, try again later")
 	replyUpstreamLost      = reply(451, "4.4.2", "Error: upstream connection lost, try again later")
+	replyUpstreamTimeout   = reply(451, "4.4.2", "Error: upstream timed out, try again later")
 	replyUpstreamProtocol  = reply(451, "4.5.0", "Error: upstream protocol error, try again later")
 	replyUpstreamTLS       = reply(451, "4.7.5", "Error: upstream TLS failed, try again later")
 	replyUpstreamNoTLS     = reply(451, "4.7.4", "Error: upstream does not offer STARTTLS, try again later")

@@ -59,9 +59,11 @@ func (s *Session) cmdStartTLS(arg string) *Reply {
 		return s.hangup(nil)
 	}
 	tc.SetDeadline(time.Time{})
+	s.wmu.Lock() // the signal handler may be writing its 421
 	s.conn = tc
-	s.r = bufio.NewReaderSize(tc, clientBufferSize)
 	s.w = bufio.NewWriterSize(tc, 4096)
+	s.wmu.Unlock()
+	s.r = bufio.NewReaderSize(tc, clientBufferSize)
 	s.tlsInfo = tlsSummary(tc.ConnectionState())
 	// RFC 3207 §4.2: forget everything learnt before TLS; a new EHLO is due.
 	s.resetSession()

@@ -256,7 +256,7 @@ func (u *upstream) failure(err error) *Reply {
 	case errors.Is(err, errUpstreamProtocol):
 		rep = replyUpstreamProtocol
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		rep = reply(451, "4.4.2", "Error: upstream timed out, try again later")
+		rep = replyUpstreamTimeout
 	default:
 		rep = replyUpstreamLost
 	}
