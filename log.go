@@ -79,13 +79,16 @@ type journalWriter struct{}
 
 func (journalWriter) Write(p []byte) (int, error) {
 	line := strings.TrimSuffix(string(p), "\n")
+	// The first level= is the handler's own (it follows time=); a later
+	// one would be client text, such as a HELO.
+	_, rest, _ := strings.Cut(line, "level=")
 	prio := journal.PriInfo
 	switch {
-	case strings.Contains(line, "level=ERROR"):
+	case strings.HasPrefix(rest, "ERROR"):
 		prio = journal.PriErr
-	case strings.Contains(line, "level=WARN"):
+	case strings.HasPrefix(rest, "WARN"):
 		prio = journal.PriWarning
-	case strings.Contains(line, "level=DEBUG"):
+	case strings.HasPrefix(rest, "DEBUG"):
 		prio = journal.PriDebug
 	}
 	err := journal.Send(line, prio, map[string]string{"SYSLOG_IDENTIFIER": "willi"})
