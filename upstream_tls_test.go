@@ -1212,6 +1212,28 @@ func TestUpstreamTLSXCLIENTNameFCrDNS(t *testing.T) {
 	}
 }
 
+// TestSameIP: forward answers are compared as addresses, whatever their
+// spelling or IPv6 zone.
+func TestSameIP(t *testing.T) {
+	for _, tc := range []struct {
+		a, ip string
+		want  bool
+	}{
+		{"192.0.2.1", "192.0.2.1", true},
+		{"192.0.2.1", "192.0.2.2", false},
+		{"::ffff:192.0.2.1", "192.0.2.1", true},
+		{"2001:DB8::25", "2001:db8::25", true},
+		{"fe80::1%lo", "fe80::1", true},
+		{"fe80::1%lo", "fe80::2", false},
+		{"not-an-address", "192.0.2.1", false},
+		{"", "192.0.2.1", false},
+	} {
+		if got := sameIP(tc.a, net.ParseIP(tc.ip)); got != tc.want {
+			t.Errorf("sameIP(%q, %s) = %v, want %v", tc.a, tc.ip, got, tc.want)
+		}
+	}
+}
+
 // fakeDNS answers UDP queries on loopback from zone; other names are
 // NXDOMAIN. It stops with the test.
 func fakeDNS(t *testing.T, zone map[string][]string) string {

@@ -86,13 +86,16 @@ func clientName(ctx context.Context, r *net.Resolver, ip net.IP) string {
 	temp := false
 	for _, n := range names {
 		n = strings.TrimSuffix(n, ".")
-		addrs, err := r.LookupIPAddr(ctx, n)
+		// LookupHost, not LookupIPAddr: the same answers without the
+		// goroutine LookupIPAddr starts to share a lookup, which a process
+		// serving one connection never shares.
+		addrs, err := r.LookupHost(ctx, n)
 		if err != nil {
 			temp = temp || isTempDNS(err)
 			continue
 		}
 		for _, a := range addrs {
-			if a.IP.Equal(ip) {
+			if sameIP(a, ip) {
 				return strings.ToLower(n)
 			}
 		}
@@ -101,6 +104,15 @@ func clientName(ctx context.Context, r *net.Resolver, ip net.IP) string {
 		return nameTempUnavail
 	}
 	return nameUnavailable
+}
+
+// sameIP reports whether the address text a, as LookupHost returns it
+// (an IPv6 address from /etc/hosts may carry a %zone), is ip.
+func sameIP(a string, ip net.IP) bool {
+	if i := strings.IndexByte(a, '%'); i >= 0 {
+		a = a[:i]
+	}
+	return net.ParseIP(a).Equal(ip)
 }
 
 func isTempDNS(err error) bool {
