@@ -55,4 +55,10 @@ func TestBenchSmoke(t *testing.T) {
 			t.Errorf("table row %q missing", col)
 		}
 	}
+	header := regexp.MustCompile(`(?m)^metric .*$`).Find(output)
+	for _, target := range []string{"direct", "floor", "deps", "pipe", "willi", "serve", "nginx"} {
+		if !regexp.MustCompile(`\b` + target + `\b`).Match(header) {
+			t.Errorf("table header %q lacks the %s column", header, target)
+		}
+	}
 }

@@ -4,6 +4,10 @@
 #   direct  smtp-source -> smtp-sink (the limit)
 #   floor   bench/floor (a minimal per-process SMTP responder) under
 #           systemd-socket-activate --accept --inetd (the shape's floor)
+#   deps    the floor built with -tags deps: it also links the libraries
+#           willi's contract names and runs their init, nothing more
+#   pipe    bench/pipe under the same launcher: dials smtp-sink and copies
+#           bytes both ways (the least any relay in this shape does)
 #   willi   willi under the same launcher, relaying to smtp-sink
 #   serve   willi serve -listen ADDR, relaying to smtp-sink
 #   nginx   nginx's mail proxy relaying to smtp-sink (smtp_auth none,
@@ -168,9 +172,11 @@ done
 NGINX_MAIL_MODULE=${NGINX_MAIL_MODULE:-/usr/lib/nginx/modules/ngx_mail_module.so}
 [ -f "$NGINX_MAIL_MODULE" ] || die "$NGINX_MAIL_MODULE is missing (libnginx-mod-mail); run: sudo test/deps.sh"
 
-say "building willi and the floor (CGO_ENABLED=0, -trimpath)"
+say "building willi, the floor, deps and pipe (CGO_ENABLED=0, -trimpath)"
 (cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$OUT/bin/willi" .) || die "go build willi failed"
 (cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$OUT/bin/floor" ./bench/floor) || die "go build floor failed"
+(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -tags deps -o "$OUT/bin/deps" ./bench/floor) || die "go build deps failed"
+(cd "$ROOT" && CGO_ENABLED=0 go build -trimpath -o "$OUT/bin/pipe" ./bench/pipe) || die "go build pipe failed"
 
 # Message bodies: CRLF lines of 1000 octets, 10^6 octets per MB.
 {
@@ -191,18 +197,20 @@ start_sink() {
 	LAUNCHED_PID=$!
 }
 export SYSTEMD_LOG_LEVEL=warning # systemd-socket-activate: no line per connection
-start_floor() {
-	systemd-socket-activate --accept --inetd -l "127.0.0.1:$1" "$OUT/bin/floor" \
-		>/dev/null 2>"$OUT/log/floor.err" &
+# activate PORT NAME PROGRAM ARG...: the per-process targets all start the
+# same way, with GOMAXPROCS=1 as willi@.service, the xinetd and tcpserver
+# examples and willi serve set it for willi.
+activate() {
+	local port=$1 name=$2
+	shift 2
+	systemd-socket-activate --accept --inetd -l "127.0.0.1:$port" -E GOMAXPROCS=1 "$@" \
+		>/dev/null 2>"$OUT/log/$name.err" &
 	LAUNCHED_PID=$!
 }
-start_willi() {
-	# GOMAXPROCS=1 as willi@.service, the xinetd and tcpserver examples and
-	# willi serve set it.
-	systemd-socket-activate --accept --inetd -l "127.0.0.1:$1" -E GOMAXPROCS=1 "$OUT/bin/willi" -config "$OUT/willi.conf" \
-		>/dev/null 2>"$OUT/log/willi.err" &
-	LAUNCHED_PID=$!
-}
+start_floor() { activate "$1" floor "$OUT/bin/floor"; }
+start_deps() { activate "$1" deps "$OUT/bin/deps"; }
+start_pipe() { activate "$1" pipe "$OUT/bin/pipe" "127.0.0.1:$PORT_sink"; }
+start_willi() { activate "$1" willi "$OUT/bin/willi" -config "$OUT/willi.conf"; }
 start_serve() {
 	"$OUT/bin/willi" serve -listen "127.0.0.1:$1" -config "$OUT/willi.conf" -max-conn 1000 -max-per-source 1000 \
 		>/dev/null 2>"$OUT/log/serve.err" &
@@ -276,6 +284,8 @@ EOF
 "$OUT/bin/willi" check -config "$OUT/willi.conf" >"$OUT/log/willi-check.out" 2>&1 ||
 	die "willi check failed: $(cat "$OUT/log/willi-check.out")"
 launch floor start_floor
+launch deps start_deps
+launch pipe start_pipe
 launch willi start_willi
 launch serve start_serve
 launch nginx start_nginx
@@ -289,11 +299,12 @@ sink_count() {
 }
 SINK_EXPECTED=0
 # sink_check BEFORE N LABEL: the sink must have received N more messages.
-# The floor relays nothing (it answers 250 and drops the message), so loads
-# on it are not counted; smtp-source and the probes still check its replies.
+# The floor and deps relay nothing (they answer 250 and drop the message),
+# so loads on them are not counted; smtp-source and the probes still check
+# their replies.
 sink_check() {
 	local want=$(($1 + $2)) got
-	[[ $3 == *" floor"* ]] && return 0
+	[[ $3 == *" floor"* || $3 == *" deps"* ]] && return 0
 	SINK_EXPECTED=$((SINK_EXPECTED + $2))
 	for _ in $(seq 100); do
 		got=$(sink_count)
@@ -429,7 +440,7 @@ load_big() {
 }
 
 # probe TARGET KIND: one session through the bash client to the per-process
-# TARGET (floor or willi), with the process's CPU (all threads, schedstat)
+# TARGET (floor, deps or willi), with the process's CPU (all threads, schedstat)
 # and peak RSS (VmHWM) read just before QUIT. KIND: small, big or huge.
 probe() {
 	local t=$1 kind=$2 port lpid pid before c0 c1 mb=0 fd
@@ -476,8 +487,8 @@ probe() {
 }
 
 # idle TARGET: IDLE connections held after an accepted RCPT; private memory
-# per connection (per process for floor and willi; for nginx the growth of
-# its workers' private memory).
+# per connection (per process for the per-process targets; for nginx the
+# growth of its workers' private memory).
 idle() {
 	local t=$1 port lpid held=() i fd pids n m0=0 m
 	eval "port=\$PORT_$t lpid=\$PID_$t"
@@ -547,21 +558,21 @@ rotate() {
 say "runs=$RUNS sessions=$SESSIONS concurrency=$CONC msg10=${MSG10_SESSIONS}x$PER_SESSION big=${BIG_MB}MB idle=$IDLE latency_n=$LAT_N huge=$((HUGE_REPS * BIG_MB))MB xclient=$XCLIENT"
 for RUN in $(seq "$RUNS"); do
 	say "run $RUN/$RUNS"
-	for t in $(rotate "$RUN" direct floor willi nginx serve); do latency "$t"; done
-	for t in $(rotate "$RUN" direct floor willi nginx serve); do
+	for t in $(rotate "$RUN" direct floor deps pipe willi nginx serve); do latency "$t"; done
+	for t in $(rotate "$RUN" direct floor deps pipe willi nginx serve); do
 		load_sess1 "$t"
-		case $t in floor | willi | serve) wait_drain "$(eval echo "\$PID_$t")" ;; esac
+		case $t in floor | deps | pipe | willi | serve) wait_drain "$(eval echo "\$PID_$t")" ;; esac
 	done
-	for t in $(rotate "$RUN" direct floor willi nginx); do load_msg10 "$t"; done
+	for t in $(rotate "$RUN" direct floor deps pipe willi nginx); do load_msg10 "$t"; done
 	for _ in $(seq "$BIG_REPS"); do
-		for t in $(rotate "$RUN" direct floor willi nginx); do load_big "$t"; done
+		for t in $(rotate "$RUN" direct floor pipe willi nginx); do load_big "$t"; done
 	done
-	for t in floor willi; do
+	for t in floor deps willi; do
 		probe "$t" small
 		probe "$t" big
 	done
 	[ "$HUGE_REPS" -gt 0 ] && probe willi huge
-	for t in $(rotate "$RUN" floor willi nginx); do idle "$t"; done
+	for t in $(rotate "$RUN" floor deps pipe willi nginx); do idle "$t"; done
 done
 
 # ---------------------------------------------------------------------------
@@ -582,6 +593,7 @@ awk -F'\t' '
 # med METRIC TARGET: the median (empty when not measured).
 med() { awk -F'\t' -v m="$1" -v t="$2" '$1 == m && $2 == t { print $3 }' "$MEDIANS"; }
 
+COLUMNS="direct floor deps pipe willi serve nginx"
 METRICS="sess1_rate|sessions/s, 1 msg/session ($SESSIONS x, $CONC conc.)
 msg10_rate|msgs/s, $PER_SESSION msgs/session
 big_mbps|MB/s, one $BIG_MB MB message
@@ -600,16 +612,16 @@ cpu_ms_per_mb|CPU ms/MB, $BIG_MB MB (nginx workers)"
 	echo
 	echo "willi benchmark: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $RUNS run(s); median (min-max)"
 	printf '%-44s' "metric"
-	for t in direct floor willi serve nginx; do printf ' %-22s' "$t"; done
+	for t in $COLUMNS; do printf ' %-18s' "$t"; done
 	echo
 	echo "$METRICS" | while IFS='|' read -r m label; do
 		grep -q "^$m	" "$MEDIANS" || continue
 		printf '%-44s' "$label"
-		for t in direct floor willi serve nginx; do
+		for t in $COLUMNS; do
 			awk -F'\t' -v m="$m" -v t="$t" '
 				function f(x) { return x >= 100 ? sprintf("%.0f", x) : x >= 10 ? sprintf("%.1f", x) : sprintf("%.2f", x) }
 				$1 == m && $2 == t { c = f($3); if ($6 > 1) c = c " (" f($4) "-" f($5) ")"; found = 1 }
-				END { printf " %-22s", found ? c : "-" }' "$MEDIANS"
+				END { printf " %-18s", found ? c : "-" }' "$MEDIANS"
 		done
 		echo
 	done
@@ -662,6 +674,16 @@ info() {
 	[ -n "$2" ] && [ -n "$3" ] && r=$(awk -v a="$2" -v b="$3" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')
 	printf '%-52s %10s %10s %8s\n' "$1" "${2:--}" "${3:--}" "$r" | tee -a "$OUT/table.txt"
 }
+info "sessions/s: deps / floor (the named libraries' init)" "$(med sess1_rate deps)" "$(med sess1_rate floor)"
+info "sessions/s: pipe / floor (a byte pipe to the sink)" "$(med sess1_rate pipe)" "$(med sess1_rate floor)"
+info "sessions/s: willi / pipe" "$(med sess1_rate willi)" "$(med sess1_rate pipe)"
+info "msgs/s, 10 msgs/session: pipe / floor" "$(med msg10_rate pipe)" "$(med msg10_rate floor)"
+info "msgs/s, 10 msgs/session: willi / pipe" "$(med msg10_rate willi)" "$(med msg10_rate pipe)"
+info "private memory per idle conn: deps / floor" "$(med idle_priv_kib deps)" "$(med idle_priv_kib floor)"
+info "private memory per idle conn: willi / deps" "$(med idle_priv_kib willi)" "$(med idle_priv_kib deps)"
+info "connect-to-banner latency: deps / floor" "$(med banner_ms deps)" "$(med banner_ms floor)"
+info "connect-to-banner latency: willi / deps" "$(med banner_ms willi)" "$(med banner_ms deps)"
+info "$BIG_MB MB throughput: pipe / direct" "$(med big_mbps pipe)" "$(med big_mbps direct)"
 info "sessions/s: willi serve / systemd-socket-activate" "$(med sess1_rate serve)" "$(med sess1_rate willi)"
 info "sessions/s: willi / nginx" "$(med sess1_rate willi)" "$(med sess1_rate nginx)"
 info "msgs/s, 10 msgs/session: willi / nginx" "$(med msg10_rate willi)" "$(med msg10_rate nginx)"
