@@ -26,13 +26,13 @@ type pathArg struct {
 type param struct{ key, value string }
 
 var (
-	replyMailSyntax = reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
-	replyRcptSyntax = reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
-	replyAddrSyntax = reply(501, "5.1.3", "Error: bad address syntax")
-	replyAddrLength = reply(501, "5.1.3", "Error: address too long")
-	replyAddrHack   = reply(553, "5.1.3", "Error: local part with %%, ! or quoting not accepted")
-	replyParamDup   = reply(501, "5.5.4", "Error: duplicate parameter")
-	replyParamBad   = reply(501, "5.5.4", "Error: bad parameter syntax")
+	replyMailSyntax = fixedReply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+	replyRcptSyntax = fixedReply(501, "5.5.4", "Syntax: RCPT TO:<address>")
+	replyAddrSyntax = fixedReply(501, "5.1.3", "Error: bad address syntax")
+	replyAddrLength = fixedReply(501, "5.1.3", "Error: address too long")
+	replyAddrHack   = fixedReply(553, "5.1.3", "Error: local part with %, ! or quoting not accepted")
+	replyParamDup   = fixedReply(501, "5.5.4", "Error: duplicate parameter")
+	replyParamBad   = fixedReply(501, "5.5.4", "Error: bad parameter syntax")
 )
 
 // parsePathArg parses the argument of MAIL ("FROM:") or RCPT ("TO:"):

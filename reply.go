@@ -23,6 +23,12 @@ func reply(code int, enh, format string, a ...any) *Reply {
 	return &Reply{Code: code, Enh: enh, Text: []string{fmt.Sprintf(format, a...)}}
 }
 
+// fixedReply builds a reply whose text is used as it is: the package's
+// fixed replies, made at every process start, skip fmt.
+func fixedReply(code int, enh, text string) *Reply {
+	return &Reply{Code: code, Enh: enh, Text: []string{text}}
+}
+
 // Temporary reports a 4xx reply.
 func (r *Reply) Temporary() bool { return r.Code/100 == 4 }
 
@@ -84,37 +90,37 @@ func (r *Reply) withCode(code int) *Reply {
 
 // Well-known replies of willi's own.
 var (
-	replyBadSequenceNoHelo = reply(503, "5.5.1", "Error: send HELO/EHLO first")
-	replyNestedMail        = reply(503, "5.5.1", "Error: nested MAIL command")
-	replyNeedMail          = reply(503, "5.5.1", "Error: need MAIL command")
-	replyNeedRcpt          = reply(503, "5.5.1", "Error: need RCPT command")
-	replyNoValidRcpt       = reply(554, "5.5.1", "Error: no valid recipients")
-	replyLineTooLong       = reply(500, "5.5.2", "Error: line too long")
-	replyBadChars          = reply(500, "5.5.2", "Error: bad characters in command")
-	replyBareLF            = reply(500, "5.5.2", "Error: command not terminated by CRLF")
-	replyUnknownCommand    = reply(500, "5.5.2", "Error: command not recognized")
-	replyTooManyErrors     = reply(421, "4.7.0", "Error: too many errors, closing connection")
-	replyTimeout           = reply(421, "4.4.2", "Error: timeout exceeded, closing connection")
-	replyShutdown          = reply(421, "4.3.2", "Service shutting down, closing connection")
-	replyInternal          = reply(421, "4.3.0", "Internal error, closing connection")
-	replyHTTP              = reply(421, "4.7.0", "Error: this is an SMTP server, not HTTP")
-	replyEarlyTalker       = reply(554, "5.5.0", "Error: SMTP protocol synchronization")
-	replyBDAT              = reply(521, "5.5.1", "Error: BDAT without CHUNKING, closing connection")
-	replyNoAuth            = reply(502, "5.5.1", "Error: authentication not enabled")
-	replyNotImplemented    = reply(502, "5.5.1", "Error: command not implemented")
-	replyTooManyRcpts      = reply(452, "4.5.3", "Error: too many recipients")
-	replyOtherUpstream     = reply(452, "4.5.3", "Error: too many recipients; send this one in a new transaction")
-	replyMessageTooBig     = reply(552, "5.3.4", "Error: message file too big")
-	replyBadLineEnding     = reply(550, "5.5.2", "Error: message contains bare CR, bare LF or NUL; not delivered")
-	replyLookupFailed      = reply(451, "4.3.0", "Error: temporary routing lookup failure, try again later")
-	replyBadRoute          = reply(451, "4.3.5", "Error: routing configuration error, try again later")
-	replyRouteLoop         = reply(451, "4.4.6", "Error: routing loop detected, try again later")
-	replyUpstreamDown      = reply(451, "4.4.1", "Error: no upstream server reachable, try again later")
-	replyUpstreamLost      = reply(451, "4.4.2", "Error: upstream connection lost, try again later")
-	replyUpstreamTimeout   = reply(451, "4.4.2", "Error: upstream timed out, try again later")
-	replyUpstreamProtocol  = reply(451, "4.5.0", "Error: upstream protocol error, try again later")
-	replyUpstreamTLS       = reply(451, "4.7.5", "Error: upstream TLS failed, try again later")
-	replyUpstreamNoTLS     = reply(451, "4.7.4", "Error: upstream does not offer STARTTLS, try again later")
-	replyXCLIENTRefused    = reply(451, "4.7.0", "Error: upstream refused XCLIENT, try again later")
-	replyConfig            = reply(421, "4.3.0", "Service unavailable: configuration error, closing connection")
+	replyBadSequenceNoHelo = fixedReply(503, "5.5.1", "Error: send HELO/EHLO first")
+	replyNestedMail        = fixedReply(503, "5.5.1", "Error: nested MAIL command")
+	replyNeedMail          = fixedReply(503, "5.5.1", "Error: need MAIL command")
+	replyNeedRcpt          = fixedReply(503, "5.5.1", "Error: need RCPT command")
+	replyNoValidRcpt       = fixedReply(554, "5.5.1", "Error: no valid recipients")
+	replyLineTooLong       = fixedReply(500, "5.5.2", "Error: line too long")
+	replyBadChars          = fixedReply(500, "5.5.2", "Error: bad characters in command")
+	replyBareLF            = fixedReply(500, "5.5.2", "Error: command not terminated by CRLF")
+	replyUnknownCommand    = fixedReply(500, "5.5.2", "Error: command not recognized")
+	replyTooManyErrors     = fixedReply(421, "4.7.0", "Error: too many errors, closing connection")
+	replyTimeout           = fixedReply(421, "4.4.2", "Error: timeout exceeded, closing connection")
+	replyShutdown          = fixedReply(421, "4.3.2", "Service shutting down, closing connection")
+	replyInternal          = fixedReply(421, "4.3.0", "Internal error, closing connection")
+	replyHTTP              = fixedReply(421, "4.7.0", "Error: this is an SMTP server, not HTTP")
+	replyEarlyTalker       = fixedReply(554, "5.5.0", "Error: SMTP protocol synchronization")
+	replyBDAT              = fixedReply(521, "5.5.1", "Error: BDAT without CHUNKING, closing connection")
+	replyNoAuth            = fixedReply(502, "5.5.1", "Error: authentication not enabled")
+	replyNotImplemented    = fixedReply(502, "5.5.1", "Error: command not implemented")
+	replyTooManyRcpts      = fixedReply(452, "4.5.3", "Error: too many recipients")
+	replyOtherUpstream     = fixedReply(452, "4.5.3", "Error: too many recipients; send this one in a new transaction")
+	replyMessageTooBig     = fixedReply(552, "5.3.4", "Error: message file too big")
+	replyBadLineEnding     = fixedReply(550, "5.5.2", "Error: message contains bare CR, bare LF or NUL; not delivered")
+	replyLookupFailed      = fixedReply(451, "4.3.0", "Error: temporary routing lookup failure, try again later")
+	replyBadRoute          = fixedReply(451, "4.3.5", "Error: routing configuration error, try again later")
+	replyRouteLoop         = fixedReply(451, "4.4.6", "Error: routing loop detected, try again later")
+	replyUpstreamDown      = fixedReply(451, "4.4.1", "Error: no upstream server reachable, try again later")
+	replyUpstreamLost      = fixedReply(451, "4.4.2", "Error: upstream connection lost, try again later")
+	replyUpstreamTimeout   = fixedReply(451, "4.4.2", "Error: upstream timed out, try again later")
+	replyUpstreamProtocol  = fixedReply(451, "4.5.0", "Error: upstream protocol error, try again later")
+	replyUpstreamTLS       = fixedReply(451, "4.7.5", "Error: upstream TLS failed, try again later")
+	replyUpstreamNoTLS     = fixedReply(451, "4.7.4", "Error: upstream does not offer STARTTLS, try again later")
+	replyXCLIENTRefused    = fixedReply(451, "4.7.0", "Error: upstream refused XCLIENT, try again later")
+	replyConfig            = fixedReply(421, "4.3.0", "Service unavailable: configuration error, closing connection")
 )
