@@ -716,21 +716,11 @@ func TestDeployXinetd(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 
 	logPath := filepath.Join(filepath.Dir(conf), "xinetd.stderr")
-	lf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cmd := exec.Command(xinetd, "-dontfork", "-filelog", logPath, "-f", xconf, "-pidfile", filepath.Join(filepath.Dir(conf), "xinetd.pid"))
-	cmd.Stdout, cmd.Stderr = lf, lf
-	t.Cleanup(func() {
-		lf.Close()
-		if t.Failed() {
-			t.Logf("xinetd config:\n%s\nxinetd output:\n%s\nxinetd log:\n%s", tailFile(xconf, 4<<10),
-				tailFile(logPath, 8<<10), tailFile(filepath.Join(filepath.Dir(conf), "xinetd.log"), 8<<10))
-		}
+	startListener(t, cmd, "xinetd", logPath, addr, func() string {
+		return fmt.Sprintf("xinetd config:\n%s\nxinetd log:\n%s\n", tailFile(xconf, 4<<10),
+			tailFile(filepath.Join(filepath.Dir(conf), "xinetd.log"), 8<<10))
 	})
-	startGroup(t, cmd, "xinetd")
-	waitListening(t, addr, 10*time.Second, "xinetd")
 
 	deployTwoMessages(t, addr, dump, "xinetd")
 	// One process per connection: xinetd logged two starts and two exits.
@@ -778,24 +768,12 @@ func TestDeployTCPServer(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 
 	logPath := filepath.Join(filepath.Dir(conf), "run.log")
-	lf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
 	run, _ := filepath.Abs("contrib/tcpserver/run")
 	cmd := exec.Command("sh", run)
 	cmd.Env = append(os.Environ(), "WILLI_HOST=127.0.0.1", "WILLI_PORT="+strconv.Itoa(port),
 		"WILLI_CONCURRENCY=5", "WILLI_USER=nobody", "WILLI_BIN="+bin, "WILLI_CONFIG="+conf,
 		"WILLI_RULES="+filepath.Join(filepath.Dir(conf), "no-rules.cdb"))
-	cmd.Stdout, cmd.Stderr = lf, lf
-	t.Cleanup(func() {
-		lf.Close()
-		if t.Failed() {
-			t.Logf("run script output:\n%s", tailFile(logPath, 8<<10))
-		}
-	})
-	startGroup(t, cmd, "tcpserver run script")
-	waitListening(t, addr, 10*time.Second, "tcpserver")
+	startListener(t, cmd, "tcpserver run script", logPath, addr, nil)
 
 	deployTwoMessages(t, addr, dump, "tcpserver")
 	// tcpserver -v logs each child: "tcpserver: end PID status 0".

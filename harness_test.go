@@ -235,6 +235,30 @@ func procCmdline(pid int) string {
 	return strings.TrimSpace(string(bytes.ReplaceAll(b, []byte{0}, []byte{' '})))
 }
 
+// startListener starts a peer (startGroup) with its output in logPath and
+// waits until it listens on addr. When the test fails, the cleanup shows the
+// tail of that output, after what failText returns (nil: nothing more).
+func startListener(t testing.TB, cmd *exec.Cmd, what, logPath, addr string, failText func() string) {
+	t.Helper()
+	lf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = lf, lf
+	t.Cleanup(func() {
+		lf.Close()
+		if t.Failed() {
+			extra := ""
+			if failText != nil {
+				extra = failText()
+			}
+			t.Logf("%s%s output:\n%s", extra, what, tailFile(logPath, 8<<10))
+		}
+	})
+	startGroup(t, cmd, what)
+	waitListening(t, addr, 10*time.Second, what)
+}
+
 // startGroup starts cmd in its own process group and registers a cleanup that
 // kills the whole group (SIGTERM, then SIGKILL) and reaps the leader.
 func startGroup(t testing.TB, cmd *exec.Cmd, what string) {
@@ -696,22 +720,7 @@ func startSMTPSink(t testing.TB, extraArgs ...string) (addr string, dumpDir stri
 	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	args := append([]string{"-u", "root", "-h", "sink.test", "-d", dumpDir + "/msg."}, extraArgs...)
 	args = append(args, addr, "100")
-	logPath := filepath.Join(t.TempDir(), "smtp-sink.log")
-	lf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(sink, args...)
-	cmd.Stdout = lf
-	cmd.Stderr = lf
-	t.Cleanup(func() {
-		lf.Close()
-		if t.Failed() {
-			t.Logf("smtp-sink log:\n%s", tailFile(logPath, 8<<10))
-		}
-	})
-	startGroup(t, cmd, "smtp-sink")
-	waitListening(t, addr, 10*time.Second, "smtp-sink")
+	startListener(t, exec.Command(sink, args...), "smtp-sink", filepath.Join(t.TempDir(), "smtp-sink.log"), addr, nil)
 	return addr, dumpDir
 }
 
@@ -1306,20 +1315,6 @@ func startHAProxyConfig(t testing.TB, cfg, addr string) {
 	if err != nil {
 		t.Fatalf("haproxy -c rejects the configuration: %v\n%s\n%s", err, out, cfg)
 	}
-	logPath := filepath.Join(dir, "haproxy.log")
-	lf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(hap, "-db", "-f", cfgPath)
-	cmd.Stdout = lf
-	cmd.Stderr = lf
-	t.Cleanup(func() {
-		lf.Close()
-		if t.Failed() {
-			t.Logf("haproxy config:\n%s\nhaproxy log:\n%s", cfg, tailFile(logPath, 8<<10))
-		}
-	})
-	startGroup(t, cmd, "haproxy")
-	waitListening(t, addr, 10*time.Second, "haproxy")
+	startListener(t, exec.Command(hap, "-db", "-f", cfgPath), "haproxy", filepath.Join(dir, "haproxy.log"), addr,
+		func() string { return "haproxy config:\n" + cfg + "\n" })
 }
