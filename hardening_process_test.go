@@ -210,8 +210,8 @@ func TestHardeningProcessBigMessage(t *testing.T) {
 	}
 }
 
-// TestHardeningProcessSIGTERM: SIGTERM answers 421 4.3.2 and exits 0; mid-
-// DATA the upstream connection is closed without an end of data.
+// TestHardeningProcessSIGTERM: SIGTERM (and SIGINT) answers 421 4.3.2 and
+// exits 0; mid-DATA the upstream connection is closed without an end of data.
 func TestHardeningProcessSIGTERM(t *testing.T) {
 	t.Run("mid-DATA", func(t *testing.T) {
 		t.Parallel()
@@ -250,19 +250,22 @@ func TestHardeningProcessSIGTERM(t *testing.T) {
 			t.Fatalf("upstream got %d octets and %d ends of data (%q), want 23000 and none (G8)", data, ends, cmds)
 		}
 	})
-	t.Run("idle", func(t *testing.T) {
-		t.Parallel()
-		up := startHSinkUp(t)
-		p, c := hWilli(t, up.addr, "")
-		c.expect(220)
-		c.cmd("EHLO client.example")
-		p.Cmd.Process.Signal(syscall.SIGTERM)
-		rep, err := c.readReply()
-		if err != nil || rep.String() != "421 4.3.2 Service shutting down, closing connection" {
-			t.Fatalf("after SIGTERM: %q %v", rep.Lines, err)
-		}
-		hExit(t, p, 0)
-	})
+	// Idle, by SIGTERM and by SIGINT (a session started by hand).
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run("idle-"+sig.String(), func(t *testing.T) {
+			t.Parallel()
+			up := startHSinkUp(t)
+			p, c := hWilli(t, up.addr, "")
+			c.expect(220)
+			c.cmd("EHLO client.example")
+			p.Cmd.Process.Signal(sig)
+			rep, err := c.readReply()
+			if err != nil || rep.String() != "421 4.3.2 Service shutting down, closing connection" {
+				t.Fatalf("after %v: %q %v", sig, rep.Lines, err)
+			}
+			hExit(t, p, 0)
+		})
+	}
 }
 
 // TestHardeningProcessSIGPIPE: the client stops reading (its end of
