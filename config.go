@@ -69,6 +69,12 @@ type UpstreamConfig struct {
 	StartTLS      string `toml:"starttls"`
 	TLSVerify     bool   `toml:"tls_verify"`
 	ClientAddress string `toml:"client_address"`
+	// TLS towards this upstream beyond the defaults; see upstreamTLSConfig.
+	CAFile     string `toml:"ca_file"`     // PEM trust anchors instead of the system's; implies tls_verify
+	ServerName string `toml:"server_name"` // SNI and the name verified; default the server's host
+	CertFile   string `toml:"cert_file"`   // client certificate (PEM, may hold the chain)
+	KeyFile    string `toml:"key_file"`    // its key (PEM)
+	MinVersion string `toml:"min_version"` // "1.2" (default) or "1.3"
 }
 
 // Duration is a time.Duration written as a Go duration string in TOML.
@@ -288,6 +294,9 @@ func (c *Config) validate() []string {
 		}
 		if u.TLSVerify && u.StartTLS == tlsNever {
 			bad("%s: tls_verify with starttls = never", where)
+		}
+		for _, problem := range u.validateTLS(c.resolve) {
+			bad("%s: %s", where, problem)
 		}
 	}
 	return p
