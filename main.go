@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"os/signal"
 	"syscall"
 	"time"
@@ -181,6 +182,18 @@ func runCheck(args []string, out io.Writer) int {
 	if cfg.TLS != nil {
 		if _, err := serverTLSConfig(cfg.TLS); err != nil {
 			fmt.Fprintf(out, "%s: [tls]: %v\n", cfg.path, err)
+			status = 1
+		}
+	}
+	for i, uc := range cfg.Upstreams {
+		if uc.StartTLS == tlsNever {
+			continue
+		}
+		srv, _ := parseServers(uc.Server)
+		if _, err := upstreamTLSConfig(uc, srv[0].Host); err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				fmt.Fprintf(out, "%s: [[upstream]] #%d (%s): %s\n", cfg.path, i+1, uc.Server, line)
+			}
 			status = 1
 		}
 	}
