@@ -371,7 +371,7 @@ func TestHardeningPanic(t *testing.T) {
 				s.serve()
 			}()
 			go cli.Write([]byte(c.in))
-			out, closed := hReadAll(cli)
+			out, closed := hReadAll(cli, newHOutput())
 			cli.Close()
 			select {
 			case <-done:
