@@ -173,7 +173,7 @@ func (u *upstream) startTLS() *Reply {
 	want := false
 	switch u.policy.StartTLS {
 	case tlsMirror:
-		want = u.s.tlsInfo != ""
+		want = u.p.client.tls
 	case tlsOpportunistic, tlsRequired:
 		want = true
 	}
@@ -183,11 +183,10 @@ func (u *upstream) startTLS() *Reply {
 	}
 	if !u.has("STARTTLS") {
 		if u.policy.StartTLS == tlsRequired {
-			u.close()
-			u.s.log.Warn("upstream does not offer STARTTLS", "upstream", u.server.String(), "starttls", u.policy.StartTLS)
+			u.p.log.Warn("upstream does not offer STARTTLS", "upstream", u.server.String(), "starttls", u.policy.StartTLS)
 			return replyUpstreamNoTLS
 		}
-		u.s.log.Info("upstream does not offer STARTTLS, continuing in plaintext", "upstream", u.server.String(), "starttls", u.policy.StartTLS)
+		u.p.log.Info("upstream does not offer STARTTLS, continuing in plaintext", "upstream", u.server.String(), "starttls", u.policy.StartTLS)
 		u.logPlaintext("upstream does not offer STARTTLS")
 		return nil
 	}
@@ -195,30 +194,28 @@ func (u *upstream) startTLS() *Reply {
 	if err != nil {
 		// A local problem: neither STARTTLS without what the operator
 		// asked for nor plaintext, which the upstream may refuse to relay.
-		u.close()
-		u.s.log.Error("upstream TLS configuration unusable", "upstream", u.server.String(), "err", err)
+		u.p.log.Error("upstream TLS configuration unusable", "upstream", u.server.String(), "err", err)
 		return replyUpstreamTLS
 	}
 	r, err := u.cmd("STARTTLS")
 	if err != nil {
 		// Includes bytes injected after the 220 (response injection).
-		return u.failureTLS(err)
+		u.fault("STARTTLS", err)
+		return replyUpstreamTLS
 	}
 	if r.Code != 220 {
 		if u.policy.StartTLS == tlsRequired {
-			u.close()
-			u.s.log.Warn("upstream refused STARTTLS", "upstream", u.server.String(), "reply", r.Error())
+			u.p.log.Warn("upstream refused STARTTLS", "upstream", u.server.String(), "reply", r.Error())
 			return replyUpstreamTLS
 		}
-		u.s.log.Info("upstream refused STARTTLS, continuing in plaintext", "upstream", u.server.String(), "reply", r.Error())
+		u.p.log.Info("upstream refused STARTTLS, continuing in plaintext", "upstream", u.server.String(), "reply", r.Error())
 		u.logPlaintext("upstream refused STARTTLS")
 		return nil
 	}
 	tc := tls.Client(withQuickAck(u.conn), conf)
-	tc.SetDeadline(time.Now().Add(u.s.cfg.UpstreamCommandTimeout.Duration))
+	tc.SetDeadline(time.Now().Add(u.p.commandTimeout))
 	if err := tc.Handshake(); err != nil {
-		u.close()
-		u.s.log.Warn("upstream TLS handshake failed", "upstream", u.server.String(), "err", err)
+		u.fault("TLS handshake", err)
 		return replyUpstreamTLS
 	}
 	tc.SetDeadline(time.Time{})
@@ -226,20 +223,14 @@ func (u *upstream) startTLS() *Reply {
 	u.r = bufio.NewReaderSize(tc, 4096)
 	u.tls = tlsSummary(tc.ConnectionState())
 	// RFC 3207 §4.2: the pre-TLS capabilities are void; ask again.
-	return u.regreet(u.s.cfg.Hostname, true)
+	return u.regreet(u.p.hostname, true)
 }
 
 // logPlaintext says, when the client's session is encrypted, that its mail
 // goes on to this upstream in plaintext, and why.
 func (u *upstream) logPlaintext(reason string) {
-	if u.s.tlsInfo == "" {
+	if !u.p.client.tls {
 		return
 	}
-	u.s.log.Info("client used TLS, relayed in plaintext", "upstream", u.server.String(), "client_tls", u.s.tlsInfo, "reason", reason)
-}
-
-func (u *upstream) failureTLS(err error) *Reply {
-	u.close()
-	u.s.log.Warn("upstream STARTTLS failed", "upstream", u.server.String(), "err", err)
-	return replyUpstreamTLS
+	u.p.log.Info("client used TLS, relayed in plaintext", "upstream", u.server.String(), "reason", reason)
 }

@@ -490,7 +490,10 @@ ca_file = %q
 cert_file = %q
 key_file = %q
 `, cert1, key2, notPEM, ca.File, good, goodKey)
-	path := writeConfig(t, dir, conf)
+	path := filepath.Join(dir, "willi.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	var out bytes.Buffer
 	if status := runCheck([]string{"-config", path}, &out); status == 0 {
 		t.Fatalf("check passed:\n%s", out.String())
