@@ -86,53 +86,71 @@ func forEachSender(t *testing.T, f func(t *testing.T, name string)) {
 	}
 }
 
-// TestSenderOneRecipient: a message from each MTA reaches the upstream's
-// mailbox, and the MTA logs willi's relayed 250 with the upstream's queue id.
-func TestSenderOneRecipient(t *testing.T) {
+// TestSenderPlain runs, for each MTA on one plaintext rig: one recipient,
+// SMTPUTF8, an unknown user.
+func TestSenderPlain(t *testing.T) {
 	forEachSender(t, func(t *testing.T, name string) {
 		r := newSenderRig(t, name, senderRigOpts{})
-		body := "one recipient from " + name + "\n"
-		r.mta.Submit(t, r.from("sender"), []string{"alice@example.org"},
-			senderMessage(r.from("sender"), "alice@example.org", "one "+name, body))
-		msg := r.up.waitMail(t, "alice", 30*time.Second)
-		if got := mailBody(msg); got != body {
-			t.Errorf("body %q, want %q", got, body)
-		}
-		line := r.waitSent(t, "alice@example.org", 30*time.Second)
-		if !strings.Contains(line, "queued as") {
-			t.Errorf("sender did not log the upstream's queue id: %s", line)
-		}
-		if q := r.mta.Queue(t); q != "" {
-			t.Errorf("sender queue not empty:\n%s", q)
-		}
+		t.Run("one-recipient", func(t *testing.T) { senderOneRecipient(t, r) })
+		t.Run("smtputf8", func(t *testing.T) { senderSMTPUTF8(t, r) })
+		t.Run("unknown-user", func(t *testing.T) { senderUnknownUser(t, r) })
 	})
 }
 
-// TestSenderTLS: each MTA's opportunistic STARTTLS reaches willi, and willi
-// mirrors it to the upstream (its Received: header says TLS).
+// TestSenderTLS runs, for each MTA on one rig with STARTTLS on both hops:
+// the TLS checks, then a 10 MB message.
 func TestSenderTLS(t *testing.T) {
+	body := bigBody(10 << 20)
 	forEachSender(t, func(t *testing.T, name string) {
 		r := newSenderRig(t, name, senderRigOpts{TLS: true})
-		r.mta.Submit(t, r.from("sender"), []string{"alice@example.org"},
-			senderMessage(r.from("sender"), "alice@example.org", "tls "+name, "over TLS\n"))
-		msg := r.up.waitMail(t, "alice", 30*time.Second)
-		line := r.waitSent(t, "alice@example.org", 30*time.Second)
-		switch name {
-		case "postfix":
-			r.mta.WaitLog(t, 10*time.Second, "TLS connection established to", "TLSv1.3")
-		case "exim":
-			if !strings.Contains(line, "X=TLS1.3") {
-				t.Errorf("exim did not deliver over TLS 1.3: %s", line)
-			}
-		}
-		received := mailHeaders(msg, "Received")
-		if len(received) == 0 || !strings.Contains(received[0], "using TLSv1.3") {
-			t.Errorf("upstream's Received: does not say TLS: %q", received)
-		}
-		if !strings.Contains(r.williLog(), `tls="TLS 1.3`) {
-			t.Errorf("willi's session log does not say TLS 1.3")
-		}
+		t.Run("tls", func(t *testing.T) { senderTLS(t, r) })
+		t.Run("large", func(t *testing.T) { senderLargeMessage(t, r, body) })
 	})
+}
+
+// senderOneRecipient: a message from the MTA reaches the upstream's
+// mailbox, and the MTA logs willi's relayed 250 with the upstream's queue id.
+func senderOneRecipient(t *testing.T, r *senderRig) {
+	name := r.mta.Name()
+	body := "one recipient from " + name + "\n"
+	r.mta.Submit(t, r.from("sender"), []string{"alice@example.org"},
+		senderMessage(r.from("sender"), "alice@example.org", "one "+name, body))
+	msg := r.up.waitMail(t, "alice", 30*time.Second)
+	if got := mailBody(msg); got != body {
+		t.Errorf("body %q, want %q", got, body)
+	}
+	line := r.waitSent(t, "alice@example.org", 30*time.Second)
+	if !strings.Contains(line, "queued as") {
+		t.Errorf("sender did not log the upstream's queue id: %s", line)
+	}
+	if q := r.mta.Queue(t); q != "" {
+		t.Errorf("sender queue not empty:\n%s", q)
+	}
+}
+
+// senderTLS: the MTA's opportunistic STARTTLS reaches willi, and willi
+// mirrors it to the upstream (its Received: header says TLS).
+func senderTLS(t *testing.T, r *senderRig) {
+	name := r.mta.Name()
+	r.mta.Submit(t, r.from("sender"), []string{"alice@example.org"},
+		senderMessage(r.from("sender"), "alice@example.org", "tls "+name, "over TLS\n"))
+	msg := r.up.waitMail(t, "alice", 30*time.Second)
+	line := r.waitSent(t, "alice@example.org", 30*time.Second)
+	switch name {
+	case "postfix":
+		r.mta.WaitLog(t, 10*time.Second, "TLS connection established to", "TLSv1.3")
+	case "exim":
+		if !strings.Contains(line, "X=TLS1.3") {
+			t.Errorf("exim did not deliver over TLS 1.3: %s", line)
+		}
+	}
+	received := mailHeaders(msg, "Received")
+	if len(received) == 0 || !strings.Contains(received[0], "using TLSv1.3") {
+		t.Errorf("upstream's Received: does not say TLS: %q", received)
+	}
+	if !strings.Contains(r.williLog(), `tls="TLS 1.3`) {
+		t.Errorf("willi's session log does not say TLS 1.3")
+	}
 }
 
 // TestSenderSplitRecipients: recipients of two upstreams in one message.
@@ -201,21 +219,18 @@ func bigBody(size int) string {
 	return b.String()
 }
 
-// TestSenderLargeMessage: a 10 MB message over TLS arrives byte for byte.
-func TestSenderLargeMessage(t *testing.T) {
-	body := bigBody(10 << 20)
-	forEachSender(t, func(t *testing.T, name string) {
-		r := newSenderRig(t, name, senderRigOpts{TLS: true})
-		start := time.Now()
-		r.mta.Submit(t, r.from("sender"), []string{"carol@example.org"},
-			append([]byte("Content-Transfer-Encoding: 8bit\n"), senderMessage(r.from("sender"), "carol@example.org", "large "+name, body)...))
-		msg := r.up.waitMail(t, "carol", 120*time.Second)
-		t.Logf("%s: %d bytes delivered in %v", name, len(body), time.Since(start).Round(time.Millisecond))
-		if got := mailBody(msg); got != body {
-			t.Errorf("body differs: %d bytes received, %d sent; first difference at byte %d",
-				len(got), len(body), firstDifference(got, body))
-		}
-	})
+// senderLargeMessage: a 10 MB message over TLS arrives byte for byte.
+func senderLargeMessage(t *testing.T, r *senderRig, body string) {
+	name := r.mta.Name()
+	start := time.Now()
+	r.mta.Submit(t, r.from("sender"), []string{"carol@example.org"},
+		append([]byte("Content-Transfer-Encoding: 8bit\n"), senderMessage(r.from("sender"), "carol@example.org", "large "+name, body)...))
+	msg := r.up.waitMail(t, "carol", 120*time.Second)
+	t.Logf("%s: %d bytes delivered in %v", name, len(body), time.Since(start).Round(time.Millisecond))
+	if got := mailBody(msg); got != body {
+		t.Errorf("body differs: %d bytes received, %d sent; first difference at byte %d",
+			len(got), len(body), firstDifference(got, body))
+	}
 }
 
 func firstDifference(a, b string) int {
@@ -230,65 +245,61 @@ func firstDifference(a, b string) int {
 	return len(b)
 }
 
-// TestSenderSMTPUTF8: an internationalised sender address, a UTF-8 subject
+// senderSMTPUTF8: an internationalised sender address, a UTF-8 subject
 // and an 8-bit body arrive unchanged, relayed with SMTPUTF8 (the upstream's
 // Received: says "with UTF8SMTP", RFC 6531's name for ESMTP with SMTPUTF8).
-func TestSenderSMTPUTF8(t *testing.T) {
-	forEachSender(t, func(t *testing.T, name string) {
-		r := newSenderRig(t, name, senderRigOpts{})
-		from := r.from("jörg")
-		body := "Grüße aus Köln, 東京からこんにちは\n"
-		subject := "Grüße " + name
-		r.mta.Submit(t, from, []string{"jörg@example.org"},
-			append([]byte("MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n"),
-				senderMessage(from, "jörg@example.org", subject, body)...))
-		msg := r.up.waitMail(t, "jörg", 30*time.Second)
-		if got := mailBody(msg); got != body {
-			t.Errorf("body %q, want %q", got, body)
-		}
-		if got := mailHeaders(msg, "Subject"); len(got) != 1 || got[0] != subject {
-			t.Errorf("Subject %q, want %q", got, subject)
-		}
-		if rp := mailHeaders(msg, "Return-Path"); len(rp) != 1 || rp[0] != "<"+from+">" {
-			t.Errorf("Return-Path %q, want <%s>", rp, from)
-		}
-		if received := mailHeaders(msg, "Received"); len(received) == 0 || !strings.Contains(received[0], " with UTF8SMTP ") {
-			t.Errorf("upstream's Received: does not say UTF8SMTP: %q", received)
-		}
-	})
+func senderSMTPUTF8(t *testing.T, r *senderRig) {
+	name := r.mta.Name()
+	from := r.from("jörg")
+	body := "Grüße aus Köln, 東京からこんにちは\n"
+	subject := "Grüße " + name
+	r.mta.Submit(t, from, []string{"jörg@example.org"},
+		append([]byte("MIME-Version: 1.0\nContent-Type: text/plain; charset=UTF-8\nContent-Transfer-Encoding: 8bit\n"),
+			senderMessage(from, "jörg@example.org", subject, body)...))
+	msg := r.up.waitMail(t, "jörg", 30*time.Second)
+	if got := mailBody(msg); got != body {
+		t.Errorf("body %q, want %q", got, body)
+	}
+	if got := mailHeaders(msg, "Subject"); len(got) != 1 || got[0] != subject {
+		t.Errorf("Subject %q, want %q", got, subject)
+	}
+	if rp := mailHeaders(msg, "Return-Path"); len(rp) != 1 || rp[0] != "<"+from+">" {
+		t.Errorf("Return-Path %q, want <%s>", rp, from)
+	}
+	if received := mailHeaders(msg, "Received"); len(received) == 0 || !strings.Contains(received[0], " with UTF8SMTP ") {
+		t.Errorf("upstream's Received: does not say UTF8SMTP: %q", received)
+	}
 }
 
-// TestSenderUnknownUser: the upstream's 550 for an unknown user reaches the
+// senderUnknownUser: the upstream's 550 for an unknown user reaches the
 // sender as a permanent failure (its log and its bounce to the envelope
 // sender); the other recipient is delivered.
-func TestSenderUnknownUser(t *testing.T) {
-	forEachSender(t, func(t *testing.T, name string) {
-		r := newSenderRig(t, name, senderRigOpts{})
-		r.mta.Submit(t, r.from("sender"), []string{"alice@example.org", "nobody@example.org"},
-			senderMessage(r.from("sender"), "alice@example.org", "unknown "+name, "hello\n"))
-		r.up.waitMail(t, "alice", 30*time.Second)
-		const reject = "550 5.1.1 <nobody@example.org>: Recipient address rejected: User unknown"
-		switch name {
-		case "postfix":
-			r.mta.WaitLog(t, 30*time.Second, "to=<nobody@example.org>", "status=bounced", reject)
-		case "exim":
-			r.mta.WaitLog(t, 30*time.Second, "** nobody@example.org", reject)
+func senderUnknownUser(t *testing.T, r *senderRig) {
+	name := r.mta.Name()
+	r.mta.Submit(t, r.from("sender"), []string{"alice@example.org", "nobody@example.org"},
+		senderMessage(r.from("sender"), "alice@example.org", "unknown "+name, "hello\n"))
+	r.up.waitMail(t, "alice", 30*time.Second)
+	const reject = "550 5.1.1 <nobody@example.org>: Recipient address rejected: User unknown"
+	switch name {
+	case "postfix":
+		r.mta.WaitLog(t, 30*time.Second, "to=<nobody@example.org>", "status=bounced", reject)
+	case "exim":
+		r.mta.WaitLog(t, 30*time.Second, "** nobody@example.org", reject)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		bounces := r.mta.Mailbox("sender")
+		if len(bounces) == 1 && strings.Contains(bounces[0], "nobody@example.org") && strings.Contains(bounces[0], "550 5.1.1") {
+			break
 		}
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			bounces := r.mta.Mailbox("sender")
-			if len(bounces) == 1 && strings.Contains(bounces[0], "nobody@example.org") && strings.Contains(bounces[0], "550 5.1.1") {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("no bounce naming nobody@example.org and the 550 in the sender's mailbox: %q", bounces)
-			}
-			time.Sleep(100 * time.Millisecond)
+		if time.Now().After(deadline) {
+			t.Fatalf("no bounce naming nobody@example.org and the 550 in the sender's mailbox: %q", bounces)
 		}
-		if q := r.mta.Queue(t); q != "" {
-			t.Errorf("sender queue not empty:\n%s", q)
-		}
-	})
+		time.Sleep(100 * time.Millisecond)
+	}
+	if q := r.mta.Queue(t); q != "" {
+		t.Errorf("sender queue not empty:\n%s", q)
+	}
 }
 
 // TestSenderBurst: 20 messages submitted at once all reach smtp-sink, each
