@@ -834,7 +834,7 @@ func TestUpstreamTLSXCLIENTRefused(t *testing.T) {
 // client's greeting; after the 220 re-greeting willi greets again with the
 // client's own HELO name and verb.
 func TestUpstreamTLSXCLIENTAttributes(t *testing.T) {
-	const hostile = "evil\tADDR=127.0.0.1 +x=y"
+	const hostile = "evil ADDR=127.0.0.1 +x=y"
 	cases := []struct {
 		name     string
 		offered  string
@@ -855,7 +855,7 @@ func TestUpstreamTLSXCLIENTAttributes(t *testing.T) {
 		{"helo-client-proto-smtp", "HELO PROTO ADDR", "HELO old.example.org", nil, "",
 			"XCLIENT HELO=old.example.org PROTO=SMTP ADDR=192.0.2.1", "HELO old.example.org"},
 		{"hostile-helo-xtext", "HELO NAME ADDR", "EHLO " + hostile, nil, "",
-			"XCLIENT HELO=evil+09ADDR+3D127.0.0.1+20+2Bx+3Dy NAME=client.example.org ADDR=192.0.2.1", "EHLO " + hostile},
+			"XCLIENT HELO=evil+20ADDR+3D127.0.0.1+20+2Bx+3Dy NAME=client.example.org ADDR=192.0.2.1", "EHLO " + hostile},
 		{"ipv6", "NAME ADDR", "EHLO client.example.org", net.ParseIP("2001:db8::25"), "",
 			"XCLIENT NAME=client.example.org ADDR=IPV6:2001:db8::25", "EHLO client.example.org"},
 		{"ipv4-mapped", "ADDR", "EHLO client.example.org", net.ParseIP("::ffff:198.51.100.7"), "",
