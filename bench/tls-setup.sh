@@ -12,7 +12,8 @@
 # and prints the median and mean of each, plain and TLS, and the difference.
 #
 # Usage (as root, with test/deps.sh's packages): bench/tls-setup.sh [N]
-# N defaults to 20. WILLI=path uses a prebuilt binary. All on 127.0.0.1.
+# N defaults to 20. WILLI=path uses a prebuilt binary; BENCH_SENDERS="postfix"
+# or "exim" runs one sender (default both). All on 127.0.0.1.
 set -euo pipefail
 N=${1:-20}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -139,10 +140,54 @@ wait_port "$UP_PORT"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
 	-keyout "$WORK/willi.key" -out "$WORK/willi.crt" -days 2 -subj /CN=willi.test 2>/dev/null
 
-# run_mode plain|tls: starts willi with that config, sends N messages one at a
-# time, stops willi; the log is $WORK/willi-MODE.log.
+# Exim as a second sender (test/deps.sh extracts Debian's packages): its own
+# configuration, spool and log, run in a private mount namespace whose
+# passwd and group add the Debian-exim user the binary is built for.
+EXIM_BIN=${WILLI_EXIM_ROOT:-/var/cache/willi-test/exim4}/usr/sbin/exim4
+setup_exim() {
+	local d=$WORK/exim
+	mkdir -p "$d/spool" "$d/log" "$d/etc"
+	chown 64990:64990 "$d/spool" "$d/log"
+	{ cat /etc/passwd; echo "Debian-exim:x:64990:64990:Exim:/nonexistent:/usr/sbin/nologin"; } >"$d/etc/passwd"
+	{ cat /etc/group; echo "Debian-exim:x:64990:"; } >"$d/etc/group"
+	cat >"$d/exim.conf" <<EOC
+exim_path = $EXIM_BIN
+spool_directory = $d/spool
+log_file_path = $d/log/%slog
+primary_hostname = exim.sender.test
+never_users =
+keep_environment =
+host_lookup =
+begin routers
+relay:
+  driver = manualroute
+  route_list = * [127.0.0.1]::$WILLI_PORT byname
+  transport = remote_smtp
+  self = send
+begin transports
+remote_smtp:
+  driver = smtp
+  allow_localhost
+  hosts_try_chunking =
+  tls_verify_certificates =
+begin retry
+* * F,1d,1h
+EOC
+}
+exim_send() {
+	unshare -m sh -c 'mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group && shift 2 && exec "$@"' exim \
+		"$WORK/exim/etc/passwd" "$WORK/exim/etc/group" "$EXIM_BIN" -C "$WORK/exim/exim.conf" -odi -i "$@" 2>>"$WORK/exim/log/submit.log"
+}
+SENDERS=${BENCH_SENDERS:-postfix exim}
+case " $SENDERS " in *" exim "*)
+	[ -x "$EXIM_BIN" ] || { echo "bench/tls-setup.sh: $EXIM_BIN missing (run test/deps.sh)" >&2; exit 1; }
+	setup_exim ;;
+esac
+
+# run_mode SENDER plain|tls: starts willi with that config, has SENDER send N
+# messages one at a time, stops willi; the log is $WORK/willi-SENDER-MODE.log.
 run_mode() {
-	local mode=$1 conf=$WORK/willi-$1.conf log=$WORK/willi-$1.log i sent
+	local sender=$1 mode=$2 conf=$WORK/willi-$2.conf log=$WORK/willi-$1-$2.log i sent
 	{
 		echo 'hostname = "willi.test"'
 		echo 'log_level = "debug"'
@@ -156,6 +201,10 @@ run_mode() {
 	PIDS+=($!)
 	wait_port "$WILLI_PORT"
 	for i in $(seq "$N"); do
+		if [ "$sender" = exim ]; then
+			printf 'Subject: %s %s\n\nbody\n' "$mode" "$i" | exim_send -f sender@sender.test alice@example.org
+			continue
+		fi
 		sent=$(grep -c 'status=sent' "$WORK/snd/maillog" 2>/dev/null || true)
 		printf 'Subject: %s %s\n\nbody\n' "$mode" "$i" | sendmail -C "$WORK/snd/etc" -f sender@sender.test alice@example.org
 		for _ in $(seq 200); do
@@ -168,31 +217,41 @@ run_mode() {
 	sleep 0.3
 }
 
-# stats MODE: per-session set-up times (ms) from willi's debug log.
+# stats SENDER MODE: per-session set-up times (ms) from willi's debug log.
 stats() {
-	awk -v mode="$1" '
+	awk '
 	function ms(ts,   t) { split(substr(ts, 6), t, /[T:Z]/); return ((t[2] * 60 + t[3]) * 60 + t[4]) * 1000 }
-	/msg=c< / && /reply="220 willi.test/ { s = $0; sub(/.*session=/, "", s); sub(/ .*/, "", s); cb[s] = ms($1) }
-	/msg=c> / && /line="MAIL FROM/ { s = $0; sub(/.*session=/, "", s); sub(/ .*/, "", s); if (!(s in cm)) cm[s] = ms($1) }
-	/msg=u< / && / line="220 / && !/Ready to start TLS/ { s = $0; sub(/.*session=/, "", s); sub(/ .*/, "", s); if (!(s in ub)) ub[s] = ms($1) }
-	/msg=u> / && /line="MAIL FROM/ { s = $0; sub(/.*session=/, "", s); sub(/ .*/, "", s); if (!(s in um)) um[s] = ms($1) }
+	function sess(   s) { s = $0; sub(/.*session=/, "", s); sub(/ .*/, "", s); return s }
+	/msg=c< / && /reply="220 willi.test/ { cb[sess()] = ms($1) }
+	/msg=c> / && /line="MAIL FROM/ { s = sess(); if (!(s in cm)) cm[s] = ms($1) }
+	/msg=u< / && / line="220 / && !/Ready to start TLS/ { s = sess(); if (!(s in ub)) ub[s] = ms($1) }
+	/msg=u> / && /line="MAIL FROM/ { s = sess(); if (!(s in um)) um[s] = ms($1) }
 	END {
 		for (s in cm) if (s in cb) print "client", cm[s] - cb[s]
 		for (s in um) if (s in ub) print "upstream", um[s] - ub[s]
-	}' "$WORK/willi-$1.log" | sort -k1,1 -k2n | awk -v mode="$1" '
+	}' "$WORK/willi-$1-$2.log" | sort -k1,1 -k2n | awk -v sender="$1" -v mode="$2" '
 	{ v[$1, ++n[$1]] = $2; sum[$1] += $2 }
 	END {
 		for (side in n) {
 			k = n[side]; med = (k % 2) ? v[side, (k + 1) / 2] : (v[side, k / 2] + v[side, k / 2 + 1]) / 2
-			printf "%s\t%s\t%d\t%.1f\t%.1f\n", side, mode, k, med, sum[side] / k
+			printf "%s\t%s\t%s\t%d\t%.1f\t%.1f\n", sender, side, mode, k, med, sum[side] / k
 		}
 	}'
 }
 
-run_mode plain
-run_mode tls
+for sender in $SENDERS; do
+	run_mode "$sender" plain
+	run_mode "$sender" tls
+done
 {
-	printf 'side\tmode\tsessions\tmedian_ms\tmean_ms\n'
-	{ stats plain; stats tls; } | sort -k1,1 -k2r
+	printf 'sender\tside\tmode\tsessions\tmedian_ms\tmean_ms\n'
+	for sender in $SENDERS; do
+		{ stats "$sender" plain; stats "$sender" tls; } | sort -k2,2 -k3r
+	done
 } | column -t
-grep -q 'TLS connection established' "$WORK/snd/maillog" || echo "warning: the sender logged no TLS session" >&2
+case " $SENDERS " in *" postfix "*)
+	grep -q 'TLS connection established' "$WORK/snd/maillog" || echo "warning: the Postfix sender logged no TLS session" >&2 ;;
+esac
+case " $SENDERS " in *" exim "*)
+	grep -q 'X=TLS' "$WORK/exim/log/mainlog" || echo "warning: the Exim sender logged no TLS session" >&2 ;;
+esac
