@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -593,5 +594,49 @@ func TestQuickAckUnderTLS(t *testing.T) {
 	defer p.Close()
 	if _, ok := withQuickAck(p).(*quickAckConn); ok {
 		t.Errorf("a pipe got a quickAckConn")
+	}
+}
+
+// ticketCache is a client session cache that counts the tickets stored.
+type ticketCache struct {
+	mu   sync.Mutex
+	puts int
+}
+
+func (c *ticketCache) Get(string) (*tls.ClientSessionState, bool) { return nil, false }
+func (c *ticketCache) Put(_ string, cs *tls.ClientSessionState) {
+	if cs != nil {
+		c.mu.Lock()
+		c.puts++
+		c.mu.Unlock()
+	}
+}
+
+// TestNoSessionTicketsToClients: willi sends no TLS session ticket to a
+// client that asks for them (one process per session, with its own random
+// ticket key: a ticket could never resume anything).
+func TestNoSessionTicketsToClients(t *testing.T) {
+	for _, version := range []uint16{tls.VersionTLS12, tls.VersionTLS13} {
+		t.Run(tls.VersionName(version), func(t *testing.T) {
+			r := newTLSRig(t, rigOpts{clientTLS: true, policy: "client_address = \"none\""}, func(u *fakeUpstream) {
+				u.send("220 up.test ESMTP")
+				u.ehlo()
+			})
+			r.want("EHLO client.example.org", "250 ")
+			r.want("STARTTLS", "220 ")
+			cache := &ticketCache{}
+			tc := tls.Client(r.c.conn, &tls.Config{ServerName: "mx.test", InsecureSkipVerify: true,
+				MinVersion: version, MaxVersion: version, ClientSessionCache: cache})
+			if err := tc.Handshake(); err != nil {
+				t.Fatalf("handshake: %v", err)
+			}
+			r.c.conn, r.c.r = tc, bufio.NewReader(tc)
+			// TLS 1.3 tickets come after the handshake: a reply reads them.
+			r.want("EHLO client.example.org", "250 ")
+			r.end()
+			if cache.puts != 0 {
+				t.Errorf("willi sent %d session tickets", cache.puts)
+			}
+		})
 	}
 }
