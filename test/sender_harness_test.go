@@ -41,6 +41,9 @@ type senderMTA interface {
 	// WaitLog waits until the log matches every substring on one line and
 	// returns that line.
 	WaitLog(t testing.TB, timeout time.Duration, substrs ...string) string
+	// WaitSent waits until the MTA logged rcpt as delivered with a 250 and
+	// returns that log line.
+	WaitSent(t testing.TB, rcpt string, timeout time.Duration) string
 	// Queue lists the messages still queued (postqueue -p, exim -bp); ""
 	// when the queue is empty.
 	Queue(t testing.TB) string
@@ -272,6 +275,11 @@ func (p *postfixSender) WaitLog(t testing.TB, timeout time.Duration, substrs ...
 	return waitLogLine(t, "sending postfix", p.Log, timeout, substrs...)
 }
 
+func (p *postfixSender) WaitSent(t testing.TB, rcpt string, timeout time.Duration) string {
+	t.Helper()
+	return p.WaitLog(t, timeout, "to=<"+rcpt+">", "status=sent (250 ")
+}
+
 func (p *postfixSender) Queue(t testing.TB) string {
 	t.Helper()
 	out, err := runCmd(30*time.Second, nil, needProgram(t, "postqueue"), "-c", p.configDir, "-p")
@@ -463,6 +471,13 @@ func (e *eximSender) WaitLog(t testing.TB, timeout time.Duration, substrs ...str
 	return waitLogLine(t, "exim", e.Log, timeout, substrs...)
 }
 
+// WaitSent: Exim logs "=>" for the first recipient of a delivery and "->"
+// for the others delivered with it.
+func (e *eximSender) WaitSent(t testing.TB, rcpt string, timeout time.Duration) string {
+	t.Helper()
+	return e.WaitLog(t, timeout, "> "+rcpt+" ", ` C="250 `)
+}
+
 func (e *eximSender) Queue(t testing.TB) string {
 	t.Helper()
 	out, err := e.run(30*time.Second, nil, "-bp")
@@ -510,3 +525,28 @@ func startSender(t testing.TB, name string, opts senderOpts) senderMTA {
 
 // senderNames are the sending MTAs every sender test runs with.
 var senderNames = []string{"postfix", "exim"}
+
+// TestSenderHarnessRoutes checks the harness itself: each MTA sends a
+// domain with a route to its own server and everything else to the relay,
+// and logs each delivery.
+func TestSenderHarnessRoutes(t *testing.T) {
+	for _, name := range senderNames {
+		t.Run(name, func(t *testing.T) {
+			relay, relayDump := startSMTPSink(t)
+			routed, routedDump := startSMTPSink(t)
+			mta := startSender(t, name, senderOpts{Relay: relay, Routes: map[string]string{"example.net": routed}})
+			from := "sender@" + mta.Domain()
+			mta.Submit(t, from, []string{"a@example.org", "b@example.net"}, []byte("Subject: routes\n\nhello\n"))
+			for _, c := range []struct{ dump, rcpt string }{{relayDump, "a@example.org"}, {routedDump, "b@example.net"}} {
+				msgs := readSinkMessages(t, c.dump, 1, 30*time.Second)
+				if len(msgs) != 1 || len(msgs[0].RcptArgs) != 1 || !strings.Contains(msgs[0].RcptArgs[0], c.rcpt) {
+					t.Errorf("sink for %s got %+v", c.rcpt, msgs)
+				}
+				mta.WaitSent(t, c.rcpt, 30*time.Second)
+			}
+			if q := mta.Queue(t); q != "" {
+				t.Errorf("queue not empty:\n%s", q)
+			}
+		})
+	}
+}

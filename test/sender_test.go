@@ -68,17 +68,6 @@ func (r *senderRig) williLog() string {
 // from is the envelope sender at the MTA's own domain (bounces land there).
 func (r *senderRig) from(user string) string { return user + "@" + r.mta.Domain() }
 
-// waitSent waits until the sender logged rcpt as delivered with a 250 from
-// willi, and returns that log line.
-func (r *senderRig) waitSent(t *testing.T, rcpt string, timeout time.Duration) string {
-	t.Helper()
-	if r.mta.Name() == "postfix" {
-		return r.mta.WaitLog(t, timeout, "to=<"+rcpt+">", "status=sent", "250 2.0.0")
-	}
-	// Exim: "=>" for the first recipient of a delivery, "->" for others.
-	return r.mta.WaitLog(t, timeout, "> "+rcpt+" ", `C="250 2.0.0`)
-}
-
 func senderMessage(from, to, subject, body string) []byte {
 	return []byte(fmt.Sprintf("From: <%s>\nTo: <%s>\nSubject: %s\nMessage-ID: <%d.%s>\n\n%s",
 		from, to, subject, time.Now().UnixNano(), from, body))
@@ -123,7 +112,7 @@ func senderOneRecipient(t *testing.T, r *senderRig) {
 	if got := mailBody(msg); got != body {
 		t.Errorf("body %q, want %q", got, body)
 	}
-	line := r.waitSent(t, "alice@example.org", 30*time.Second)
+	line := r.mta.WaitSent(t, "alice@example.org", 30*time.Second)
 	if !strings.Contains(line, "queued as") {
 		t.Errorf("sender did not log the upstream's queue id: %s", line)
 	}
@@ -139,7 +128,7 @@ func senderTLS(t *testing.T, r *senderRig) {
 	r.mta.Submit(t, r.from("sender"), []string{"alice@example.org"},
 		senderMessage(r.from("sender"), "alice@example.org", "tls "+name, "over TLS\n"))
 	msg := r.up.waitMail(t, "alice", 30*time.Second)
-	line := r.waitSent(t, "alice@example.org", 30*time.Second)
+	line := r.mta.WaitSent(t, "alice@example.org", 30*time.Second)
 	switch name {
 	case "postfix":
 		r.mta.WaitLog(t, 10*time.Second, "TLS connection established to", "TLSv1.3")
