@@ -136,6 +136,17 @@ func (e configError) Error() string { return strings.Join(e, "\n") }
 // loadConfig reads and validates the config file. It does no I/O beyond
 // reading the file: mappings and TLS keys are opened when first needed.
 func loadConfig(path string) (*Config, error) {
+	c, err := loadConfigPartial(path)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// loadConfigPartial is loadConfig for `willi check`: when the file parses
+// but has problems, it returns them together with the config as far as it
+// was understood, so that check can go on to read the files it names.
+func loadConfigPartial(path string) (*Config, error) {
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, err
@@ -144,11 +155,21 @@ func loadConfig(path string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	return parseConfig(string(data), abs)
+	return decodeConfig(string(data), abs)
 }
 
 // parseConfig parses config text as if read from path.
 func parseConfig(text, path string) (*Config, error) {
+	c, err := decodeConfig(text, path)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// decodeConfig parses and validates config text. With problems it returns
+// the config too, unless the text is not TOML.
+func decodeConfig(text, path string) (*Config, error) {
 	c := &Config{path: path, dir: filepath.Dir(path)}
 	md, err := toml.Decode(text, c)
 	if err != nil {
@@ -160,7 +181,7 @@ func parseConfig(text, path string) (*Config, error) {
 	}
 	problems = append(problems, c.validate()...)
 	if len(problems) > 0 {
-		return nil, problems
+		return c, problems
 	}
 	return c, nil
 }

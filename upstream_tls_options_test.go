@@ -640,3 +640,30 @@ func TestNoSessionTicketsToClients(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckReportsKeysAndFilesAtOnce: a config with a bad value and a
+// missing upstream TLS file gets both reported by one `willi check`.
+func TestCheckReportsKeysAndFilesAtOnce(t *testing.T) {
+	dir := t.TempDir()
+	conf := `[[mapping]]
+type = "static"
+server = "10.0.0.1"
+[[upstream]]
+server = "10.0.0.1"
+min_version = "1.0"
+ca_file = "missing-ca.pem"
+`
+	path := filepath.Join(dir, "willi.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if status := runCheck([]string{"-config", path}, &out); status != 1 {
+		t.Fatalf("status %d, want 1:\n%s", status, out.String())
+	}
+	for _, want := range []string{`min_version "1.0"`, "ca_file: open " + filepath.Join(dir, "missing-ca.pem")} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("check output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
