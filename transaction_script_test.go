@@ -228,6 +228,9 @@ func ivGenerate(p ivPicker, seed string, tls bool) *ivScript {
 	// Faults: none, one or two, mostly on the first connections.
 	for n := []int{0, 1, 1, 1, 1, 2}[p.intn(6)]; n > 0; n-- {
 		f := ivFault{dial: []int{0, 0, 0, 1, 1, 2}[p.intn(6)], nth: []int{1, 1, 1, 2, 2, 3}[p.intn(6)]}
+		if len(s.faults) > 0 && s.faults[0].dial == f.dial {
+			f.dial++ // one fault per connection
+		}
 		f.event = ivEvents[p.intn(len(ivEvents))]
 		switch f.event {
 		case "middata":
