@@ -206,6 +206,9 @@ func (c *ivClient) script(sc *ivScript, ups *ivUpstreams) {
 				return
 			}
 			e := ivEntry{cmd: cmd, reply: rep, code: ivCode(rep)}
+			if cmd.kind != ivGreet {
+				c.checkEnhanced(rep)
+			}
 			if cmd.kind == ivData && e.code == 354 {
 				e.seq = ups.seq.Load()
 			}
@@ -233,6 +236,7 @@ func (c *ivClient) script(sc *ivScript, ups *ivUpstreams) {
 				if !ok {
 					return
 				}
+				c.checkEnhanced(rep)
 				dot := ivEntry{cmd: ivCmd{kind: ivDot, line: ".", plain: cmd.plain}, reply: rep, code: ivCode(rep)}
 				c.res.entries = append(c.res.entries, dot)
 				if c.ends(dot) {
@@ -293,6 +297,19 @@ func (c *ivClient) read() (string, bool) {
 		}
 		if len(l) < 4 || l[3] != '-' {
 			return out.String(), true
+		}
+	}
+}
+
+// checkEnhanced: every line of a 2xx, 4xx or 5xx reply but the greeting's
+// carries an enhanced status code of its class (RFC 2034).
+func (c *ivClient) checkEnhanced(rep string) {
+	for _, l := range strings.SplitAfter(rep, "\r\n") {
+		if len(l) < 6 || l[0] == '3' {
+			continue
+		}
+		if e, _, _ := strings.Cut(l[4:len(l)-2], " "); !isEnhanced(e) || e[0] != l[0] {
+			c.res.problem("d", "no enhanced status code in %q", l)
 		}
 	}
 }
