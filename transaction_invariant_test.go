@@ -852,8 +852,40 @@ func ivShrink(t testing.TB, env *ivEnv, res *ivResult, class string) *ivResult {
 	return best
 }
 
+// ivDefectInputs are generator inputs for the defect of issue 13, kept as
+// seeds of FuzzTransaction: the upstream answers 421 to the second RCPT
+// after a 250 to the first, then the client sends
+var ivDefectInputs = map[string][]byte{
+	// one more RCPT, DATA and the message, one command per write: the
+	// lost recipient must not end in a 250 to the end of data;
+	"rcpt-after-loss": {0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1, 0, 3, 0, 0},
+	// the same with MAIL to DATA in one write;
+	"rcpt-after-loss-pipelined": {0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 3, 0, 0},
+	// DATA at once: a 4xx, not 554.
+	"data-after-loss": {0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 1, 0, 3, 0, 0},
+}
+
+// TestTransactionDefectInputs keeps ivDefectInputs meaning what they say
+// when the generator changes.
+func TestTransactionDefectInputs(t *testing.T) {
+	want := map[string]string{
+		"rcpt-after-loss":           "fault: dial 0: 421 at RCPT #2\n  EHLO client.test\n  MAIL FROM:<t0@client.test>\n  RCPT TO:<r1@a.test>\n  RCPT TO:<r2@a.test>\n  RCPT TO:<r3@a.test>\n  DATA\n",
+		"rcpt-after-loss-pipelined": "fault: dial 0: 421 at RCPT #2\n  EHLO client.test\n+ MAIL FROM:<t0@client.test>\n| RCPT TO:<r1@a.test>\n| RCPT TO:<r2@a.test>\n| RCPT TO:<r3@a.test>\n| DATA\n",
+		"data-after-loss":           "fault: dial 0: 421 at RCPT #2\n  EHLO client.test\n  MAIL FROM:<t0@client.test>\n  RCPT TO:<r1@a.test>\n  RCPT TO:<r2@a.test>\n  DATA\n",
+	}
+	for name, in := range ivDefectInputs {
+		sc := ivGenerate(&ivBytePicker{b: in}, name, true)
+		if got := sc.String(); !strings.Contains(got, want[name]) {
+			t.Errorf("%s generates\n%s\nwant it to contain\n%s", name, got, want[name])
+		}
+	}
+}
+
 func FuzzTransaction(f *testing.F) {
 	env := newIVEnv(f)
+	for _, in := range ivDefectInputs {
+		f.Add(in)
+	}
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := 0; i < 16; i++ {
 		b := make([]byte, 48)
