@@ -538,13 +538,13 @@ func ivCheck(res *ivResult) {
 			}
 		}
 		if e.code != 250 {
-			if strings.HasPrefix(e.reply[4:], "4.4.") {
-				continue // timed out: the upstream's 250 may have come late
-			}
-			for _, x := range got {
-				if x.dotCode == 250 {
-					res.problem("a", "upstream conn %d accepted the message of %s, the client got %q: a duplicate when it retries", x.conn.n, tx.from, ivFirstLine(e.reply))
-				}
+			// One upstream accepted, the client told otherwise: a
+			// duplicate when it retries. Not counted when willi gave
+			// its own 4xx (a timeout: the 250 may have come late), nor
+			// with several upstreams, where one reply cannot say both.
+			_, relayed := res.ups.marked(e.reply)
+			if len(got) == 1 && got[0].dotCode == 250 && (relayed || e.code/100 != 4) {
+				res.problem("a", "upstream conn %d accepted the message of %s, the client got %q: a duplicate when it retries", got[0].conn.n, tx.from, ivFirstLine(e.reply))
 			}
 			continue
 		}

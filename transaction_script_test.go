@@ -134,7 +134,7 @@ const (
 // Fault kinds per event. "after" answers normally then closes: the kept
 // connection dies while idle.
 var (
-	ivEvents     = []string{"RCPT", "MAIL", "DATA", "dot", "middata", "banner", "EHLO", "XCLIENT", "RSET"}
+	ivEvents     = []string{"RCPT", "MAIL", "DATA", "dot", "middata", "banner", "EHLO", "XCLIENT", "RSET", "RCPT", "RCPT"} // RCPT most: where recipients are lost
 	ivKinds      = []string{"421", "close", "4xx", "5xx", "reset", "garbage", "stall"}
 	ivDataKinds  = []string{"421", "close", "reset", "garbage", "stall"}
 	ivAfterKinds = []string{"after", "421", "close", "4xx", "5xx", "reset", "stall"}
@@ -242,6 +242,9 @@ func ivGenerate(p ivPicker, seed string, tls bool) *ivScript {
 		}
 		if f.kind == "stall" && p.intn(3) != 0 {
 			f.kind = "close" // stalls cost a timeout each: keep them rare
+		}
+		if f.event == "RCPT" && p.intn(3) == 2 {
+			f.nth++ // a later RCPT: after more recipients were accepted
 		}
 		s.faults = append(s.faults, f)
 	}
