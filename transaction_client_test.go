@@ -88,10 +88,9 @@ func (r *ivResult) problem(class, format string, a ...any) {
 
 // ivClient is the client end of a session.
 type ivClient struct {
-	res    *ivResult
-	conn   net.Conn
-	br     *bufio.Reader
-	closed bool
+	res  *ivResult
+	conn net.Conn
+	br   *bufio.Reader
 }
 
 // ivRun runs one session and checks it.
@@ -230,7 +229,6 @@ func (c *ivClient) write(b string) bool {
 		if rep, ok := c.read(); !ok || ivCode(rep) != 421 {
 			c.res.problem("d", "willi closed the connection without 421 (client write: %v)", err)
 		}
-		c.closed = true
 		return false
 	}
 	return true
@@ -248,7 +246,6 @@ func (c *ivClient) read() (string, bool) {
 			} else if l != "" || out.Len() > 0 {
 				c.res.problem("d", "connection closed inside a reply: %q", out.String()+l)
 			}
-			c.closed = true
 			c.res.transcript.WriteString("S: <closed>\n")
 			return "", false
 		}
