@@ -102,7 +102,7 @@ func ivRun(t testing.TB, env *ivEnv, sc *ivScript) *ivResult {
 		return res
 	}
 	srv, cli := fzSocketPair(t)
-	ups := &ivUpstreams{t: t, faults: sc.faults, xclient: sc.xclient, seq: new(atomic.Int64)}
+	ups := &ivUpstreams{t: t, faults: sc.faults, xclient: sc.xclient, plain: sc.plain, seq: new(atomic.Int64)}
 	res.ups = ups
 	logBuf := &syncBuffer{}
 	log := slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -87,6 +87,7 @@ func (f ivFault) String() string {
 type ivScript struct {
 	seed    string    // how to reproduce it
 	xclient bool      // the upstreams offer XCLIENT
+	plain   bool      // the upstreams do not offer ENHANCEDSTATUSCODES
 	groups  [][]ivCmd // each group is one write (RFC 2920 pipelining)
 	faults  []ivFault
 }
@@ -101,7 +102,7 @@ func (s *ivScript) commands() int {
 
 func (s *ivScript) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %s, upstreams offer XCLIENT: %v\n", s.seed, s.xclient)
+	fmt.Fprintf(&b, "seed %s, upstreams offer XCLIENT: %v, ENHANCEDSTATUSCODES: %v\n", s.seed, s.xclient, !s.plain)
 	for _, f := range s.faults {
 		fmt.Fprintf(&b, "fault: %s\n", f)
 	}
@@ -248,6 +249,8 @@ func ivGenerate(p ivPicker, seed string, tls bool) *ivScript {
 		}
 		s.faults = append(s.faults, f)
 	}
+	// Drawn last, so that a shorter input keeps its meaning.
+	s.plain = p.intn(4) == 3
 	return s
 }
 

@@ -22,6 +22,7 @@ type ivUpstreams struct {
 	t       testing.TB
 	faults  []ivFault
 	xclient bool
+	plain   bool          // no ENHANCEDSTATUSCODES: replies without enhanced codes
 	seq     *atomic.Int64 // orders upstream 354s against the client's
 
 	mu    sync.Mutex
@@ -169,18 +170,31 @@ func (u *ivUpstreams) serve(c *ivConn, conn net.Conn) {
 	sv.run()
 }
 
-// reply writes one reply line ending in a marker "[uN.K]" that names it,
-// so that the oracle can tell which upstream reply willi relayed.
+// reply writes one reply, its last line ending in a marker "[uN.K]" that
+// names it, so that the oracle can tell which upstream reply willi relayed.
 func (sv *ivUpServer) reply(code int, enh, text string) {
 	c := sv.c
 	c.replies++
 	m := fmt.Sprintf("[u%d.%d]", c.n, c.replies)
 	c.markers[m] = code
-	line := fmt.Sprintf("%d %s %s %s\r\n", code, enh, text, m)
-	if enh == "" {
-		line = fmt.Sprintf("%d %s %s\r\n", code, text, m)
+	if sv.u.plain {
+		enh = ""
 	}
-	sv.write(line)
+	// Several lines where text has "\n": every line is relayed.
+	lines := strings.Split(text, "\n")
+	lines[len(lines)-1] += " " + m
+	var b strings.Builder
+	for i, l := range lines {
+		sep := "-"
+		if i == len(lines)-1 {
+			sep = " "
+		}
+		if enh != "" {
+			l = enh + " " + l
+		}
+		fmt.Fprintf(&b, "%d%s%s\r\n", code, sep, l)
+	}
+	sv.write(b.String())
 }
 
 func (sv *ivUpServer) write(s string) {
@@ -206,10 +220,10 @@ func (sv *ivUpServer) fire(event, at string) (answered, gone bool) {
 		c.lose(at)
 		sv.reply(421, "4.3.2", sv.host+" Service shutting down")
 	case "4xx":
-		sv.reply(451, "4.3.0", "Temporary failure injected at "+event)
+		sv.reply(451, "4.3.0", "Temporary failure\ninjected at "+event)
 		return true, false
 	case "5xx":
-		sv.reply(554, "5.3.0", "Permanent failure injected at "+event)
+		sv.reply(554, "5.3.0", "Permanent failure\ninjected at "+event)
 		return true, false
 	case "close":
 		c.lose(at)
@@ -310,7 +324,11 @@ func (sv *ivUpServer) command(l string) bool {
 		if sv.u.xclient {
 			ehlo += "250-XCLIENT NAME ADDR PORT PROTO HELO\r\n"
 		}
-		sv.write(ehlo + "250 ENHANCEDSTATUSCODES\r\n")
+		if sv.u.plain {
+			sv.write(ehlo + "250 HELP\r\n")
+		} else {
+			sv.write(ehlo + "250 ENHANCEDSTATUSCODES\r\n")
+		}
 	case "XCLIENT":
 		if !sv.u.xclient || sv.state != ivUpReady && sv.state != ivUpGreet {
 			c.violate("XCLIENT out of place: %q", l)
