@@ -221,7 +221,8 @@ func (u *upstream) startTLS() *Reply {
 	tc.SetDeadline(time.Time{})
 	u.conn = tc
 	u.r = bufio.NewReaderSize(tc, 4096)
-	u.tls = tlsSummary(tc.ConnectionState())
+	st := tc.ConnectionState()
+	u.tls, u.tlsState = tlsSummary(st), &st
 	// RFC 3207 §4.2: the pre-TLS capabilities are void; ask again.
 	return u.regreet(u.p.hostname, true)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -55,17 +56,19 @@ const (
 // fault (no usable reply, a 421) closes it at once and is returned as an
 // error whose client reply faultReply gives.
 type upstream struct {
-	p       upstreamParams
-	policy  UpstreamConfig
-	conn    net.Conn
-	r       *bufio.Reader
-	server  Server
-	routeID string
-	ext     map[string]string // EHLO keywords (upper case) and their parameters
-	tls     string            // "" for plaintext, else version and cipher
-	xclient string            // what became of the client address hand-over
-	state   upstreamState
-	stop    func() bool // releases the session-end hook on conn
+	p        upstreamParams
+	policy   UpstreamConfig
+	conn     net.Conn
+	r        *bufio.Reader
+	server   Server
+	routeID  string
+	ext      map[string]string // EHLO keywords (upper case) and their parameters
+	banner   string            // the greeting's text
+	tls      string            // "" for plaintext, else version and cipher
+	tlsState *tls.ConnectionState
+	xclient  string // what became of the client address hand-over
+	state    upstreamState
+	stop     func() bool // releases the session-end hook on conn
 }
 
 // openUpstream connects to the first server of the route that answers with
@@ -115,6 +118,7 @@ func dialServer(ctx context.Context, srv Server, p upstreamParams) (*upstream, *
 		p.log.Warn("upstream banner failed", "upstream", srv.String(), "err", err)
 		return nil, replyUpstreamDown
 	}
+	u.banner = strings.Join(banner.Text, " / ")
 	if banner.Code != 220 {
 		u.drop()
 		p.log.Warn("upstream refused the connection", "upstream", srv.String(), "reply", banner.Error())
