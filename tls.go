@@ -166,6 +166,27 @@ func upstreamTLSConfig(p UpstreamConfig, host string) (*tls.Config, error) {
 	return conf, nil
 }
 
+// verifyUpstreamPeer verifies an upstream's certificate chain as the policy
+// would (ca_file's CAs, else the system's; server_name, else host), whatever
+// tls_verify says: `willi probe` reports what verification would find.
+func verifyUpstreamPeer(p UpstreamConfig, host string, st *tls.ConnectionState) error {
+	certs := st.PeerCertificates
+	if len(certs) == 0 {
+		return errors.New("no certificate")
+	}
+	p.TLSVerify = true
+	conf, err := upstreamTLSConfig(p, host)
+	if err != nil {
+		return err
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	_, err = certs[0].Verify(x509.VerifyOptions{DNSName: conf.ServerName, Roots: conf.RootCAs, Intermediates: inter})
+	return err
+}
+
 // startTLS runs STARTTLS towards the upstream per its policy. Under
 // "required" a missing or failed STARTTLS fails the recipient; a handshake
 // failure is never retried in plaintext (security rule 13).

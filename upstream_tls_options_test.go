@@ -667,3 +667,35 @@ ca_file = "missing-ca.pem"
 		}
 	}
 }
+
+// TestVerifyUpstreamPeer: what `willi probe` reports as verification uses
+// the policy's ca_file and server_name.
+func TestVerifyUpstreamPeer(t *testing.T) {
+	ca := newTestCA(t, "Relay CA")
+	certFile, _ := ca.issue(t, "relay.example.net", "relay.example.net")
+	pemData, _ := os.ReadFile(certFile)
+	block, _ := pem.Decode(pemData)
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &tls.ConnectionState{PeerCertificates: []*x509.Certificate{cert}}
+	for _, tc := range []struct {
+		name   string
+		policy UpstreamConfig
+		host   string
+		ok     bool
+	}{
+		{"ca_file-and-server_name", UpstreamConfig{CAFile: ca.File, ServerName: "relay.example.net"}, "192.0.2.25", true},
+		{"ca_file-route-name", UpstreamConfig{CAFile: ca.File}, "relay.example.net", true},
+		{"ca_file-wrong-name", UpstreamConfig{CAFile: ca.File, ServerName: "other.example.net"}, "relay.example.net", false},
+		{"system-roots", UpstreamConfig{}, "relay.example.net", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := verifyUpstreamPeer(tc.policy, tc.host, st)
+			if (err == nil) != tc.ok {
+				t.Errorf("verification error %v, want ok %v", err, tc.ok)
+			}
+		})
+	}
+}
