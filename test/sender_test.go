@@ -186,6 +186,44 @@ func TestSenderSplitRecipients(t *testing.T) {
 	})
 }
 
+// TestSenderFanout: with split_recipients = "fanout", a message for two
+// recipients at one upstream and one at another goes through in one
+// transaction: each real sender gets 250 for all three, both upstreams
+// deliver at once (nothing is deferred to the sender's queue), and an
+// unknown user is refused at RCPT (bounced by the sender) without holding
+// up the others. The delay from submission to
+// the last delivery is logged (the goal is 2 s; bench/README.md).
+func TestSenderFanout(t *testing.T) {
+	forEachSender(t, func(t *testing.T, name string) {
+		r := newSenderRig(t, name, senderRigOpts{Split: true, SplitPolicy: "fanout"})
+		start := time.Now()
+		rcpts := []string{"alice@example.org", "carol@example.org", "bob@example.org"}
+		r.mta.Submit(t, r.from("sender"), rcpts,
+			senderMessage(r.from("sender"), strings.Join(rcpts, ", "), "fanout "+name, "fanout\n"))
+		r.up.waitMail(t, "alice", 30*time.Second)
+		r.up.waitMail(t, "carol", 30*time.Second)
+		r.up2.waitMail(t, "bob", 30*time.Second)
+		t.Logf("%s: a, a, b delivered to both upstreams %v after submission", name, time.Since(start).Round(time.Millisecond))
+		r.up.noNewMail(t, "bob", 0)
+		r.up2.noNewMail(t, "alice", 500*time.Millisecond)
+		if q := r.mta.Queue(t); q != "" {
+			t.Errorf("sender queue not empty:\n%s", q)
+		}
+		if !regexp.MustCompile(`msg=transaction .*rcpts=(alice|carol|bob)@example.org:250,(alice|carol|bob)@example.org:250,(alice|carol|bob)@example.org:250 .*result="250 `).MatchString(r.williLog()) {
+			t.Errorf("willi did not log one transaction with all three recipients delivered:\n%s", r.williLog())
+		}
+
+		// An unknown user: refused at RCPT, the others delivered in the
+		// same transaction.
+		rcpts = []string{"alice@example.org", "bob@example.org", "nosuch@example.org"}
+		r.mta.Submit(t, r.from("sender"), rcpts,
+			senderMessage(r.from("sender"), strings.Join(rcpts, ", "), "fanout-unknown "+name, "fanout\n"))
+		r.up.waitMail(t, "alice", 30*time.Second)
+		r.up2.waitMail(t, "bob", 30*time.Second)
+		r.mta.WaitLog(t, 30*time.Second, "nosuch@example.org", "550")
+	})
+}
+
 // bigBody is about size bytes of 76-character lines of pseudo-random
 // base64-like text, with dots at line starts (dot-stuffing) and a few 8-bit
 // lines.
