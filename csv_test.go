@@ -230,4 +230,3 @@ func benchCSVRoute(b *testing.B, rows int) {
 func BenchmarkCSVRoute1k(b *testing.B)   { benchCSVRoute(b, 1_000) }
 func BenchmarkCSVRoute100k(b *testing.B) { benchCSVRoute(b, 100_000) }
 func BenchmarkCSVRoute1M(b *testing.B)   { benchCSVRoute(b, 1_000_000) }
-

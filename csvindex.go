@@ -365,7 +365,6 @@ func buildCSVIndex(file, dir string) (int, error) {
 	return patterns, nil
 }
 
-
 // checkCSVIndex verifies the index against a full parse of its CSV (each
 // pattern's first server, or the parse's fault), else rebuilds it, and
 // says which for `willi check`.

@@ -52,8 +52,8 @@ func (e *badRouteError) Error() string {
 // Route is where a recipient goes and why.
 type Route struct {
 	Servers []Server
-	Mapping string // which mapping answered
-	Key     string // which key matched
+	Mapping string   // which mapping answered
+	Key     string   // which key matched
 	Notes   []string // how mappings answered, e.g. "csv:/x.csv from index"
 }
 
