@@ -38,7 +38,7 @@ const csvIndexPassBytes = 64 << 20
 
 // csvIndexRacy: a CSV changed this recently may change again without a new
 // timestamp (file systems keep times in ticks of up to a second).
-const csvIndexRacy = time.Second
+var csvIndexRacy = time.Second
 
 var (
 	errCSVIndexCorrupt = errors.New("csv index corrupt")
@@ -102,9 +102,12 @@ func csvUnseal(key, v []byte) ([]byte, bool) {
 	return v[:len(v)-4], csvSum(key, v[:len(v)-4]) == binary.BigEndian.Uint32(v[len(v)-4:])
 }
 
-func csvIndexKey(pattern string) []byte {
-	h := crc32.Checksum([]byte(pattern), csvCRC)
-	return append(binary.BigEndian.AppendUint16(nil, uint16(h>>16)), pattern...)
+// csvAppendKey appends pattern's key in the index: a 2-byte hash, then the pattern.
+func csvAppendKey(b []byte, pattern string) []byte {
+	b = append(append(b, 0, 0), pattern...)
+	h := crc32.Checksum(b[len(b)-len(pattern):], csvCRC)
+	binary.BigEndian.PutUint16(b[len(b)-len(pattern)-2:], uint16(h>>16))
+	return b
 }
 
 // csvIndex is an index found current for the CSV a lookup opened.
@@ -185,7 +188,7 @@ func (x *csvIndex) lookup(keys []string) (out []csvAnswer, err error) {
 	}()
 	out = make([]csvAnswer, len(keys))
 	for i, k := range keys {
-		key := csvIndexKey(k)
+		key := csvAppendKey(nil, k)
 		c := x.routes.Cursor()
 		nk, nv := c.Seek(key)
 		if nk != nil {
@@ -270,16 +273,19 @@ func buildCSVIndex(file, dir string) (int, error) {
 		return 0, err
 	}
 	path := csvIndexPath(file, dir)
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
 	os.Remove(path + ".tmp") // left by a process that died building
-	db, err := bolt.Open(path+".tmp", 0o640, &bolt.Options{NoSync: true, NoFreelistSync: true})
+	db, err := bolt.Open(path+".tmp", 0o640, &bolt.Options{NoSync: true, NoFreelistSync: true, InitialMmapSize: 4 * int(fi.Size())})
 	if err != nil {
 		return 0, err
 	}
 	defer os.Remove(path + ".tmp")
 	defer db.Close()
-	fi, _ := f.Stat()
 	passes := 1 + int(fi.Size()/csvIndexPassBytes)
-	type ent struct{ off, klen, vlen int }
+	type ent struct{ off, klen, vlen int } // a row in the arena: key, server, CRC
 	var fault []byte
 	sum, rows, patterns := crc32.New(csvCRC), 0, 0
 	for pass := 0; pass < passes && fault == nil; pass++ {
@@ -292,11 +298,14 @@ func buildCSVIndex(file, dir string) (int, error) {
 			if rows++; rows%4096 == 0 {
 				runtime.Gosched() // a session in this process goes first
 			}
-			if key := csvIndexKey(pattern); int(key[0])*passes>>8 == pass {
-				ents = append(ents, ent{len(arena), len(key), len(server) + 4})
-				arena = append(append(arena, key...), server...)
-				arena = binary.BigEndian.AppendUint32(arena, csvSum(key, []byte(server)))
+			off := len(arena)
+			if arena = csvAppendKey(arena, pattern); int(arena[off])*passes>>8 != pass {
+				arena = arena[:off]
+				return nil
 			}
+			ents = append(ents, ent{off, len(arena) - off, len(server) + 4})
+			arena = append(arena, server...)
+			arena = binary.BigEndian.AppendUint32(arena, crc32.Checksum(arena[off:], csvCRC))
 			return nil
 		})
 		if ce := (*csvError)(nil); errors.As(err, &ce) {
