@@ -40,11 +40,12 @@ func csvIndexedLookup(t testing.TB, file, dir string, keys ...string) (key, serv
 	return key, server, m.source, err
 }
 
-// quickRacyWindow shortens the wait for a CSV written a moment ago: tests
-// write their CSVs just before they index them.
-func quickRacyWindow(t testing.TB) {
+// quickRacyWindow shortens the wait for a CSV written a moment ago (tests
+// write their CSVs just before they index them) to d, longer than the file
+// system's tick where a test edits a file after it was indexed.
+func quickRacyWindow(t testing.TB, d time.Duration) {
 	old := csvIndexRacy
-	csvIndexRacy = 10 * time.Millisecond
+	csvIndexRacy = d
 	t.Cleanup(func() { csvIndexRacy = old })
 }
 
@@ -85,7 +86,7 @@ func TestCSVFormats(t *testing.T) {
 		{"first duplicate wins", "pattern,server\nexample.com,mx1:25\nexample.com,mx2:25\n"},
 		{"comma in other field with semicolons", "pattern;server;note\nexample.com;mx1:25;a,b\n"},
 	}
-	quickRacyWindow(t)
+	quickRacyWindow(t, 20*time.Millisecond)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			p := writeCSV(t, tc.content)
@@ -119,7 +120,7 @@ func TestCSVMalformed(t *testing.T) {
 		{"empty server", "pattern,server\na.com,\n", 2, "empty server"},
 		{"long line", "pattern,server\n" + strings.Repeat("x", csvMaxLine) + ",mx\n", 2, "longer than"},
 	}
-	quickRacyWindow(t)
+	quickRacyWindow(t, 20*time.Millisecond)
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			p := writeCSV(t, tc.content)
@@ -160,7 +161,7 @@ func TestCSVCheckWarningsAndServers(t *testing.T) {
 }
 
 func TestCSVCaseAndOrder(t *testing.T) {
-	quickRacyWindow(t)
+	quickRacyWindow(t, 20*time.Millisecond)
 	p := writeCSV(t, "pattern,server\n.COM,tld:25\nExample.com,dom:25\nBob@Example.com,bob:25\n.sub.example.com,sub:25\n")
 	dir := t.TempDir()
 	if _, _, src, err := csvIndexedLookup(t, p, dir, "x"); err != nil || !strings.HasPrefix(src, "by scan") {
@@ -242,6 +243,17 @@ func genRoutes(t testing.TB, n int) string {
 	return p
 }
 
+// fastTempDir is a temporary folder in memory where there is one: a
+// rebuild's fsync calls cost a fuzz target most of its time on a disk.
+func fastTempDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("/dev/shm", "willi-fuzz-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 // FuzzCSV fuzzes the parser: it never panics, a fault names a line of the
 // file, and a lookup answers alike by scan and from the index built from the
 // same bytes (the index is written from readCSV's rows, the scan reads them
@@ -257,7 +269,7 @@ func FuzzCSV(f *testing.F) {
 	} {
 		f.Add(s, "a.org")
 	}
-	quickRacyWindow(f)
+	quickRacyWindow(f, 0) // no file changes while it is indexed
 	f.Fuzz(func(t *testing.T, content, key string) {
 		p := writeCSV(t, content)
 		keys := []string{strings.ToLower(key), "a.org", ".org"}
@@ -272,7 +284,7 @@ func FuzzCSV(f *testing.F) {
 		if err != nil && (!errors.As(err, &ce) || ce.line < 0 || ce.line > lines) {
 			t.Fatalf("fault %v: want a csvError on one of %d lines", err, lines)
 		}
-		dir := t.TempDir()
+		dir := fastTempDir(t)
 		if _, err := buildCSVIndex(p, dir); err != nil {
 			t.Fatal(err)
 		}

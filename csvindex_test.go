@@ -29,7 +29,7 @@ func indexTestCSV(server string) string {
 // process (a fresh mapping), which answers by scan and rebuilds; the one
 // after that answers from the new index.
 func TestCSVIndexEdits(t *testing.T) {
-	quickRacyWindow(t)
+	quickRacyWindow(t, 20*time.Millisecond)
 	write := func(t *testing.T, p, content string) {
 		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
@@ -101,7 +101,7 @@ func TestCSVIndexEdits(t *testing.T) {
 // of another version is not trusted: the lookup scans, and the index is
 // rebuilt.
 func TestCSVIndexDamaged(t *testing.T) {
-	quickRacyWindow(t)
+	quickRacyWindow(t, 20*time.Millisecond)
 	tests := []struct {
 		name, why string
 		damage    func(t *testing.T, idx string)
@@ -158,7 +158,7 @@ func TestCSVIndexDamaged(t *testing.T) {
 // says so; `willi lookup` says how it answered; without an index folder its
 // lines are as before.
 func TestCSVIndexCommands(t *testing.T) {
-	quickRacyWindow(t)
+	quickRacyWindow(t, 20*time.Millisecond)
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "routes.csv"), []byte(indexTestCSV("mx1.internal:25")), 0o644)
 	base := "hostname = \"mx.test\"\n[[mapping]]\ntype = \"csv\"\nfile = \"routes.csv\"\n[[mapping]]\ntype = \"static\"\nserver = \"default.internal\"\n"
@@ -244,11 +244,15 @@ func FuzzCSVIndex(f *testing.F) {
 	f.Add(uint32(8192+100), []byte("x"), uint32(0))
 	f.Add(uint32(0), []byte{}, uint32(12000))
 	f.Add(uint32(3*4096+16), []byte{1, 2, 3}, uint32(0))
-	quickRacyWindow(f)
-	content := indexTestCSV("mx1.internal:25")
+	quickRacyWindow(f, 0) // no file changes while it is indexed
+	var b strings.Builder
+	b.WriteString("pattern,server\n")
+	for i := range 400 { // a tree of two levels: a branch page over leaves
+		fmt.Fprintf(&b, "user%03d@example.org,mx%d.internal:25\n", i, i%10)
+	}
 	dir := f.TempDir()
 	p := filepath.Join(dir, "routes.csv")
-	os.WriteFile(p, []byte(content), 0o644)
+	os.WriteFile(p, []byte(b.String()), 0o644)
 	time.Sleep(20 * time.Millisecond)
 	if _, err := buildCSVIndex(p, dir); err != nil {
 		f.Fatal(err)
@@ -257,6 +261,22 @@ func FuzzCSVIndex(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	type answer struct{ key, server string }
+	want := map[string]answer{}
+	for _, addr := range []string{"user399@example.org", "user000@example.org", "user200@example.org", "user2000@example.org", "x@nowhere.net"} {
+		key, server, err := csvLookup(f, p, lookupKeys(addr, "")...)
+		if err != nil {
+			f.Fatal(err)
+		}
+		want[addr] = answer{key, server}
+	}
+	// The rebuild lock is held, as by another process: no rebuild starts.
+	idxDir := f.TempDir()
+	lock, err := lockCSVIndex(p, idxDir, false)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer lock.Close()
 	f.Fuzz(func(t *testing.T, off uint32, patch []byte, cut uint32) {
 		b := bytes.Clone(good)
 		if int(off) < len(b) {
@@ -265,19 +285,15 @@ func FuzzCSVIndex(f *testing.F) {
 		if cut > 0 && int(cut) < len(b) {
 			b = b[:cut]
 		}
-		idxDir := t.TempDir()
 		if err := os.WriteFile(csvIndexPath(p, idxDir), b, 0o640); err != nil {
 			t.Fatal(err)
 		}
-		for _, addr := range []string{"a@target.org", "user1999@example.org", "user0000@example.org", "user1000@example.org", "x@nowhere.net"} {
-			keys := lookupKeys(addr, "")
-			key, server, err := csvLookup(t, p, keys...)
-			m := newCSVMapping(p, idxDir).(*csvMapping)
-			ikey, iserver, ierr := m.Lookup(t.Context(), keys)
-			m.Close()
-			csvIndexBuilds.Wait()
-			if err != nil || ierr != nil || key != ikey || server != iserver {
-				t.Fatalf("%s: scan %q %q %v; with the damaged index (%s) %q %q %v", addr, key, server, err, m.source, ikey, iserver, ierr)
+		m := newCSVMapping(p, idxDir).(*csvMapping)
+		defer m.Close()
+		for addr, w := range want {
+			key, server, err := m.Lookup(t.Context(), lookupKeys(addr, ""))
+			if err != nil || key != w.key || server != w.server {
+				t.Fatalf("%s: with the damaged index (%s) %q %q %v, want %q %q", addr, m.source, key, server, err, w.key, w.server)
 			}
 		}
 	})
