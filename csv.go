@@ -11,8 +11,6 @@ import (
 	"io"
 	"os"
 	"strings"
-
-	"github.com/gocarina/gocsv"
 )
 
 // csvMaxLine bounds a physical line, so that a file's memory per row is fixed.
@@ -136,24 +134,19 @@ func (e *csvError) Error() string {
 	return fmt.Sprintf("%s:%d: %s", e.file, e.line, e.msg)
 }
 
-// csvRow is one record as gocsv decodes it.
-type csvRow struct {
-	Pattern string `csv:"pattern"`
-	Server  string `csv:"server"`
-}
-
-// readCSV parses the whole file and calls fn for each row with the line it
-// starts on, the pattern trimmed and lower-cased, the server trimmed. The
-// header line (the first that is neither blank nor a comment) sets the
-// delimiter: the one of ',' and ';' that makes it name both columns.
+// readCSV parses the whole file with encoding/csv and calls fn for each row
+// with the line it starts on, the pattern trimmed and lower-cased, the
+// server trimmed. The header line (the first that is neither blank nor a
+// comment) sets the delimiter: the one of ',' and ';' that makes it name
+// both columns.
 func readCSV(file string, in io.Reader, fn func(line int, pattern, server string) error) error {
 	br := bufio.NewReaderSize(&csvLineLimit{file: file, r: in, line: 1}, 64<<10)
 	if b, _ := br.Peek(3); bytes.Equal(b, []byte("\uFEFF")) {
 		br.Discard(3)
 	}
 	var prefix []byte
-	var delim rune
-	for lineNo := 1; delim == 0; lineNo++ {
+	var h csvHeader
+	for lineNo := 1; h.delim == 0; lineNo++ {
 		raw, err := br.ReadBytes('\n')
 		if err != nil && err != io.EOF {
 			return err
@@ -161,39 +154,27 @@ func readCSV(file string, in io.Reader, fn func(line int, pattern, server string
 		prefix = append(prefix, raw...)
 		line := bytes.TrimSuffix(bytes.TrimSuffix(raw, []byte("\n")), []byte("\r"))
 		if len(line) > 0 && line[0] != '#' {
-			if delim, err = csvDelimiter(file, lineNo, line); err != nil {
+			if h, err = csvParseHeader(file, lineNo, line); err != nil {
 				return err
 			}
 		} else if err == io.EOF {
 			return &csvError{file, 0, "no header line"}
 		}
 	}
+	// encoding/csv reads the lines up to the header again, to count lines.
 	cr := csv.NewReader(io.MultiReader(bytes.NewReader(prefix), br))
-	cr.Comma, cr.Comment, cr.ReuseRecord = delim, '#', true
-	um, err := gocsv.NewUnmarshaller(cr, csvRow{})
-	if err != nil {
-		return csvParseError(file, err)
-	}
-	// The contract's column names are matched case-insensitively.
-	if err := um.RenormalizeHeaders(func(names []string) []string {
-		out := make([]string, len(names))
-		for i, n := range names {
-			out[i] = strings.ToLower(strings.TrimSpace(n))
-		}
-		return out
-	}); err != nil {
-		return err
-	}
-	for {
-		v, err := um.Read()
+	cr.Comma, cr.Comment, cr.ReuseRecord = h.delim, '#', true
+	for header := true; ; header = false {
+		rec, err := cr.Read()
 		if err == io.EOF {
 			return nil
 		} else if err != nil {
 			return csvParseError(file, err)
+		} else if header {
+			continue
 		}
 		line, _ := cr.FieldPos(0)
-		row := v.(csvRow)
-		pattern, server := strings.ToLower(strings.TrimSpace(row.Pattern)), strings.TrimSpace(row.Server)
+		pattern, server := strings.ToLower(strings.TrimSpace(rec[h.pattern])), strings.TrimSpace(rec[h.server])
 		switch {
 		case pattern == "":
 			return &csvError{file, line, "empty pattern"}
@@ -206,8 +187,14 @@ func readCSV(file string, in io.Reader, fn func(line int, pattern, server string
 	}
 }
 
-// csvDelimiter reads the header line with each delimiter in turn.
-func csvDelimiter(file string, lineNo int, line []byte) (rune, error) {
+// csvHeader is what the header line says: the delimiter and the columns.
+type csvHeader struct {
+	delim           rune
+	pattern, server int
+}
+
+// csvParseHeader reads the header line with each delimiter in turn.
+func csvParseHeader(file string, lineNo int, line []byte) (csvHeader, error) {
 	msg := "header line must name the columns pattern and server, separated by , or ;"
 	var firstErr error
 	for _, d := range []rune{',', ';'} {
@@ -218,23 +205,23 @@ func csvDelimiter(file string, lineNo int, line []byte) (rune, error) {
 			firstErr = cmp.Or(firstErr, errors.Unwrap(err))
 			continue
 		}
-		seen := map[string]int{}
-		for _, name := range rec {
-			seen[strings.ToLower(strings.TrimSpace(name))]++
-		}
-		for _, c := range []string{"pattern", "server"} {
-			if seen[c] > 1 {
-				return 0, &csvError{file, lineNo, "header names the column " + c + " twice"}
+		h := csvHeader{d, -1, -1}
+		for i, name := range rec {
+			col := map[string]*int{"pattern": &h.pattern, "server": &h.server}[strings.ToLower(strings.TrimSpace(name))]
+			if col != nil && *col >= 0 {
+				return h, &csvError{file, lineNo, "header names the column " + strings.ToLower(strings.TrimSpace(name)) + " twice"}
+			} else if col != nil {
+				*col = i
 			}
 		}
-		if seen["pattern"] == 1 && seen["server"] == 1 {
-			return d, nil
+		if h.pattern >= 0 && h.server >= 0 {
+			return h, nil
 		}
 	}
 	if firstErr != nil {
 		msg += fmt.Sprintf(" (%v)", firstErr)
 	}
-	return 0, &csvError{file, lineNo, msg}
+	return csvHeader{}, &csvError{file, lineNo, msg}
 }
 
 // csvParseError turns encoding/csv's error into a csvError with its line.

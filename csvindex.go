@@ -137,7 +137,7 @@ func openCSVIndex(file, dir string, f *os.File) (x *csvIndex, why string) {
 			idxFile, err = os.OpenFile(p, fl, m)
 			return idxFile, err
 		}})
-	if errors.Is(err, os.ErrNotExist) {
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return nil, "no index yet"
 	} else if err != nil {
 		return nil, "index unreadable or corrupt"
