@@ -162,7 +162,14 @@ func TestCSVIndexCommands(t *testing.T) {
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, "routes.csv"), []byte(indexTestCSV("mx1.internal:25")), 0o644)
 	base := "hostname = \"mx.test\"\n[[mapping]]\ntype = \"csv\"\nfile = \"routes.csv\"\n[[mapping]]\ntype = \"static\"\nserver = \"default.internal\"\n"
-	cfg := writeConfig(t, dir, "index_dir = \"cache\"\n"+base)
+	writeConfig := func(name, text string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cfg := writeConfig("indexed.conf", "index_dir = \"cache\"\n"+base)
 	idx := csvIndexPath(filepath.Join(dir, "routes.csv"), filepath.Join(dir, "cache"))
 	run := func(f func([]string, *bytes.Buffer) int, args ...string) (string, int) {
 		var out bytes.Buffer
@@ -194,7 +201,7 @@ func TestCSVIndexCommands(t *testing.T) {
 
 	// The same mapping without an index folder: the lines are as before.
 	t.Setenv("CACHE_DIRECTORY", "")
-	plain := writeConfig(t, dir, base)
+	plain := writeConfig("plain.conf", base)
 	out, _ = run(lookup, "-config", plain, "a@target.org", "x@nowhere.net")
 	want = "a@target.org -> mx1.internal:25 (mapping csv:" + dir + "/routes.csv, key target.org)\n" +
 		"x@nowhere.net -> default.internal:25 (mapping static, key x@nowhere.net)\n"

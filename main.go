@@ -34,12 +34,14 @@ func run(args []string) int {
 			return runCheck(args[1:], os.Stdout)
 		case "serve":
 			return runServe(args[1:])
+		case "probe":
+			return runProbe(args[1:], os.Stdout)
 		}
 	}
 	fs := flag.NewFlagSet("willi", flag.ContinueOnError)
 	cfgPath := fs.String("config", defaultConfigFile, "config file")
 	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "usage: willi [-config FILE] | lookup | check | version | serve")
+		fmt.Fprintln(os.Stderr, "usage: willi [-config FILE] | lookup | check | probe | version | serve")
 		return 2
 	}
 	return serveConnection(*cfgPath)
@@ -100,12 +102,7 @@ func serveConnection(cfgPath string) int {
 	s.greeted = func() {
 		ctx, _ := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		signal.Ignore(syscall.SIGPIPE)
-		context.AfterFunc(ctx, func() {
-			s.log.Info("signal, closing session", "client", s.clientString())
-			s.write(replyShutdown)
-			s.flush()
-			os.Exit(0)
-		})
+		context.AfterFunc(ctx, s.terminate)
 	}
 	setCSVIndexLog(log)
 	s.serve()

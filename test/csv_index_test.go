@@ -1,7 +1,9 @@
-package main
+package test
 
 import (
+	"bufio"
 	"bytes"
+	"cmp"
 	"fmt"
 	"os"
 	"os/exec"
@@ -20,7 +22,8 @@ func TestCSVIndexFiftyProcesses(t *testing.T) {
 	}
 	bin := buildWilli(t)
 	dir := t.TempDir()
-	p := genRoutes(t, 1_000_000)
+	p := filepath.Join(t.TempDir(), "routes.csv")
+	genRoutes(t, p, 1_000_000)
 	cfg := writeConfig(t, dir, fmt.Sprintf("hostname = \"mx.test\"\nindex_dir = \"cache\"\n[[mapping]]\ntype = \"csv\"\nfile = %q\n", p))
 	if out, err := exec.Command(bin, "check", "-config", cfg).CombinedOutput(); err != nil || !strings.Contains(string(out), ": no index yet, rebuilt (1000000 patterns") {
 		t.Fatalf("check: %v\n%s", err, out)
@@ -116,5 +119,27 @@ func TestCSVIndexFolderUnusable(t *testing.T) {
 				t.Errorf("want one warning, got:\n%s", stderr.String())
 			}
 		})
+	}
+}
+
+// genRoutes writes n rows: every tenth a domain route, the others address
+// routes (the layout of the root package's csv_test.go and bench/csv.sh).
+func genRoutes(t testing.TB, p string, n int) {
+	t.Helper()
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	fmt.Fprintln(w, "pattern,server")
+	for i := range n {
+		if i%10 == 0 {
+			fmt.Fprintf(w, "d%d.example,mx%d.internal:25\n", i/10, i%7)
+		} else {
+			fmt.Fprintf(w, "user%d@d%d.example,mx%d.internal:2525 backup.internal\n", i, i/10, i%7)
+		}
+	}
+	if err := cmp.Or(w.Flush(), f.Close()); err != nil {
+		t.Fatal(err)
 	}
 }
