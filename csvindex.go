@@ -415,4 +415,3 @@ func checkCSVIndex(file, dir string, routes map[string]string, fault error) (str
 	}
 	return fmt.Sprintf("index %s: %s, rebuilt (%d patterns in %v)", path, why, n, time.Since(start).Round(time.Millisecond)), nil
 }
-
