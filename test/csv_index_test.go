@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestCSVIndexFiftyProcesses: 50 willi processes start at once on a
@@ -79,6 +80,47 @@ func TestCSVIndexFiftyProcesses(t *testing.T) {
 	out, err := exec.Command(bin, "lookup", "-config", cfg, want[0].addr).CombinedOutput()
 	if err != nil || string(out) != want[0].line+"from index)\n" {
 		t.Errorf("after the rebuild: %v\n%s", err, out)
+	}
+}
+
+// TestCSVIndexSessionRebuilds: a session that finds the index missing
+// routes by scanning, and its process rebuilds the index before it exits,
+// after the client has its replies; the next process answers from it.
+func TestCSVIndexSessionRebuilds(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 50 MB file")
+	}
+	bin := buildWilli(t)
+	dir := t.TempDir()
+	p := filepath.Join(dir, "routes.csv")
+	genRoutes(t, p, 1_000_000)
+	f, err := os.OpenFile(p, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "rcpt@route.test,127.0.0.1:%d\n", deadPort(t))
+	f.Close()
+	cfg := writeConfig(t, dir, fmt.Sprintf("hostname = \"mx.test\"\nindex_dir = \"cache\"\n[[mapping]]\ntype = \"csv\"\nfile = %q\n", p))
+	w := startWilliPipes(t, bin, cfg, "GOMAXPROCS=1")
+	c := newSMTPClient(t, w.Conn)
+	c.expect(220)
+	c.send("EHLO client.test")
+	c.expect(250)
+	c.send("MAIL FROM:<a@client.test>")
+	c.expect(250)
+	c.send("RCPT TO:<rcpt@route.test>")
+	if r, _ := c.readReply(); r.Code != 451 { // routed by the scan; the upstream is down
+		t.Fatalf("RCPT: %v", r)
+	}
+	c.send("QUIT")
+	c.expect(221)
+	w.Conn.Close()
+	if code, err := w.Wait(2 * time.Minute); code != 0 || err != nil {
+		t.Fatalf("willi: exit %d, %v", code, err)
+	}
+	out, err := exec.Command(bin, "lookup", "-config", cfg, "rcpt@route.test").CombinedOutput()
+	if err != nil || !strings.HasSuffix(string(out), " from index)\n") {
+		t.Errorf("after the session: %v\n%s", err, out)
 	}
 }
 
