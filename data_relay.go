@@ -29,6 +29,14 @@ func (s *Session) cmdData(arg string) *Reply {
 	case tx.accepted() == 0:
 		return s.dataRefused(replyNoValidRcpt, false)
 	}
+	// An upstream transaction that accepted no recipient (under fanout,
+	// its RCPTs were refused) takes no part in the message.
+	for _, l := range tx.withoutRecipients() {
+		l.up.reset()
+		if l.up.usable() {
+			s.idle = append(s.idle, l.up)
+		}
+	}
 	var goAhead *Reply // the first leg's 354, relayed as written
 	for _, l := range tx.legs {
 		r, ok, err := l.up.data()

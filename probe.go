@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
@@ -173,7 +171,7 @@ func probeServer(cfg *Config, srv Server, out io.Writer) bool {
 			fmt.Fprintf(out, "  certificate: subject %q, names %s, issuer %q, expires %s\n",
 				c.Subject.CommonName, strings.Join(c.DNSNames, " "), c.Issuer.CommonName, c.NotAfter.Format(time.DateOnly))
 		}
-		if err := verifyPeer(u.tlsState, srv.Host); err != nil {
+		if err := verifyUpstreamPeer(policy, srv.Host, u.tlsState); err != nil {
 			fmt.Fprintf(out, "  verification: fails (%v)\n", err)
 		} else {
 			fmt.Fprintln(out, "  verification: ok")
@@ -196,19 +194,4 @@ func probeServer(cfg *Config, srv Server, out io.Writer) bool {
 		fmt.Fprintln(out, "  unfit")
 	}
 	return fit
-}
-
-// verifyPeer checks the upstream's chain against the system's roots and
-// the name the route uses, whatever tls_verify says: the probe reports.
-func verifyPeer(st *tls.ConnectionState, host string) error {
-	certs := st.PeerCertificates
-	if len(certs) == 0 {
-		return fmt.Errorf("no certificate")
-	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	_, err := certs[0].Verify(x509.VerifyOptions{DNSName: host, Intermediates: inter})
-	return err
 }

@@ -101,6 +101,9 @@ func ivRun(t testing.TB, env *ivEnv, sc *ivScript) *ivResult {
 		res.problem("d", "config: %v", err)
 		return res
 	}
+	if sc.fanout {
+		cfg.SplitRecipients = splitFanout
+	}
 	srv, cli := fzSocketPair(t)
 	ups := &ivUpstreams{t: t, faults: sc.faults, xclient: sc.xclient, plain: sc.plain, seq: new(atomic.Int64)}
 	res.ups = ups

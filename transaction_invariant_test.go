@@ -18,7 +18,8 @@ import (
 // invariant over generated sessions: a client script of EHLO/HELO,
 // STARTTLS, MAIL, RCPT to two upstreams and an unrouted domain, DATA, RSET,
 // NOOP and a second greeting, pipelined or not, several transactions per
-// session, against upstreams that each inject a fault at one step (421,
+// session, under split_recipients "defer" or "fanout" (drawn per session),
+// against upstreams that each inject a fault at one step (421,
 // another 4xx, a 5xx, close, reset, garbage, a stall past the timeout; at
 // the banner, EHLO, XCLIENT, MAIL, any RCPT, DATA, inside the data, after
 // the dot, at RSET). Every session is checked, after it ended, for:

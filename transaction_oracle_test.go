@@ -296,7 +296,9 @@ func ivCheckLog(res *ivResult, txs []*ivTx) {
 		}
 		var want []string
 		for _, i := range tx.entries {
-			if e := res.entries[i]; e.cmd.kind == ivRcpt && e.cmd.addr != "" {
+			// A 421 that closes the session after an earlier command's
+			// reply (too many errors) answers a RCPT willi never read.
+			if e := res.entries[i]; e.cmd.kind == ivRcpt && e.cmd.addr != "" && e.code != 421 {
 				want = append(want, fmt.Sprintf("%s:%d", e.cmd.addr, e.code))
 			}
 		}

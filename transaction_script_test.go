@@ -88,6 +88,7 @@ type ivScript struct {
 	seed    string    // how to reproduce it
 	xclient bool      // the upstreams offer XCLIENT
 	plain   bool      // the upstreams do not offer ENHANCEDSTATUSCODES
+	fanout  bool      // split_recipients = "fanout" (else the default, defer)
 	groups  [][]ivCmd // each group is one write (RFC 2920 pipelining)
 	faults  []ivFault
 }
@@ -102,7 +103,7 @@ func (s *ivScript) commands() int {
 
 func (s *ivScript) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "seed %s, upstreams offer XCLIENT: %v, ENHANCEDSTATUSCODES: %v\n", s.seed, s.xclient, !s.plain)
+	fmt.Fprintf(&b, "seed %s, upstreams offer XCLIENT: %v, ENHANCEDSTATUSCODES: %v, fanout: %v\n", s.seed, s.xclient, !s.plain, s.fanout)
 	for _, f := range s.faults {
 		fmt.Fprintf(&b, "fault: %s\n", f)
 	}
@@ -251,6 +252,7 @@ func ivGenerate(p ivPicker, seed string, tls bool) *ivScript {
 	}
 	// Drawn last, so that a shorter input keeps its meaning.
 	s.plain = p.intn(4) == 3
+	s.fanout = p.intn(2) == 1
 	return s
 }
 
