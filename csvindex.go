@@ -33,8 +33,13 @@ import (
 // sides of the key it seeks, so a damaged index is noticed, not trusted.
 const csvIndexVersion = "willi csv index 1\n"
 
-// csvIndexPassBytes bounds the CSV bytes one build pass holds in memory.
-const csvIndexPassBytes = 64 << 20
+// csvIndexPassBytes bounds the CSV bytes one build pass holds in memory, and
+// csvIndexMemory the heap the build lets the garbage collector leave: the
+// session's unit allows the process 256 MiB (MemoryMax=).
+const (
+	csvIndexPassBytes = 32 << 20
+	csvIndexMemory    = 128 << 20
+)
 
 // csvIndexRacy: a CSV changed this recently may change again without a new
 // timestamp (file systems keep times in ticks of up to a second).
@@ -284,6 +289,7 @@ func buildCSVIndex(file, dir string) (int, error) {
 	}
 	defer os.Remove(path + ".tmp")
 	defer db.Close()
+	defer debug.SetMemoryLimit(debug.SetMemoryLimit(csvIndexMemory))
 	passes := 1 + int(fi.Size()/csvIndexPassBytes)
 	type ent struct{ off, klen, vlen int } // a row in the arena: key, server, CRC
 	var fault []byte
@@ -321,7 +327,7 @@ func buildCSVIndex(file, dir string) (int, error) {
 		for i := 0; i < len(ents) && fault == nil; {
 			err := db.Update(func(tx *bolt.Tx) error {
 				b, err := tx.CreateBucketIfNotExists([]byte("routes"))
-				for n := 0; b != nil && err == nil && i < len(ents) && n < 1<<18; i, n = i+1, n+1 {
+				for n := 0; b != nil && err == nil && i < len(ents) && n < 1<<16; i, n = i+1, n+1 {
 					b.FillPercent = 1 // appended in order: full pages
 					if i == 0 || !bytes.Equal(key(ents[i]), key(ents[i-1])) {
 						err = b.Put(key(ents[i]), arena[ents[i].off+ents[i].klen:][:ents[i].vlen])
