@@ -75,59 +75,77 @@ row() { # row SIZE CASE WALL CPU
 	CPU[$1,$2]=$4
 }
 
-HIT=user999999@d99999.example
 MISS=nobody@nowhere.example
+hit() { echo "user$(($1 - 1))@d$((($1 - 1) / 10)).example"; }
+conf() { echo "$WORK/$1/willi.conf"; }
+
+# Every size's CSV and index first.
 for n in $SIZES; do
 	d=$WORK/$n
 	mkdir -p "$d/cache"
 	gen "$n" "$d/routes.csv"
-	printf 'hostname = "mx.test"\nindex_dir = "cache"\n[[mapping]]\ntype = "csv"\nfile = "routes.csv"\n' >"$d/willi.conf"
-	hit=user$((n - 1))@d$(((n - 1) / 10)).example
-	"$WILLI" lookup -config "$d/willi.conf" "$MISS" >/dev/null || true # builds the index
+	printf 'hostname = "mx.test"\nindex_dir = "cache"\n[[mapping]]\ntype = "csv"\nfile = "routes.csv"\n' >"$(conf "$n")"
+	"$WILLI" lookup -config "$(conf "$n")" "$MISS" >/dev/null || true # builds the index
+	"$WILLI" lookup -config "$(conf "$n")" "$(hit "$n")" | grep -q 'from index)$' || { echo "$n: not answered from the index" >&2; exit 1; }
+done
+
+# Index current: the sizes take turns, run by run, so that a change in the
+# machine's load hits them alike.
+for c in hit miss; do
+	for ((r = 0; r < RUNS; r++)); do
+		for n in $SIZES; do
+			addr=$MISS
+			[ "$c" = hit ] && addr=$(hit "$n")
+			read -r w cpu < <(measure 1 "$WILLI" lookup -config "$(conf "$n")" "$addr")
+			echo "$w $cpu" >>"$WORK/$n.$c"
+		done
+	done
+	for n in $SIZES; do
+		row "$n" "index current, $c" "$(sort -n "$WORK/$n.$c" | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }')" \
+			"$(awk '{ t += $2 } END { printf "%.2f", t / NR }' "$WORK/$n.$c")"
+	done
+done
+
+for n in $SIZES; do
+	d=$WORK/$n
 	lock=$(ls "$d"/cache/*.lock)
 	slow=$((n >= 1000000 ? (n >= 10000000 ? 3 : 7) : RUNS))
-
-	read -r w c < <(measure "$RUNS" "$WILLI" lookup -config "$d/willi.conf" "$hit")
-	row "$n" "index current, hit" "$w" "$c"
-	read -r w c < <(measure "$RUNS" "$WILLI" lookup -config "$d/willi.conf" "$MISS")
-	row "$n" "index current, miss" "$w" "$c"
-	"$WILLI" lookup -config "$d/willi.conf" "$hit" | grep -q 'from index)$' || { echo "$n: not answered from the index" >&2; exit 1; }
-
 	# Stale: the CSV replaced by a copy (a new inode), the lock held.
 	cp "$d/routes.csv" "$d/routes.csv.new" && mv "$d/routes.csv.new" "$d/routes.csv"
-	flock "$lock" "$WILLI" lookup -config "$d/willi.conf" "$hit" | grep -q 'by scan: index stale, another process' || { echo "$n: stale index not seen" >&2; exit 1; }
-	read -r w c < <(measure "$slow" flock "$lock" "$WILLI" lookup -config "$d/willi.conf" "$hit")
+	flock "$lock" "$WILLI" lookup -config "$(conf "$n")" "$(hit "$n")" | grep -q 'by scan: index stale, another process' || { echo "$n: stale index not seen" >&2; exit 1; }
+	read -r w c < <(measure "$slow" flock "$lock" "$WILLI" lookup -config "$(conf "$n")" "$(hit "$n")")
 	row "$n" "index stale, hit" "$w" "$c"
-	read -r w c < <(measure "$slow" flock "$lock" "$WILLI" lookup -config "$d/willi.conf" "$MISS")
+	read -r w c < <(measure "$slow" flock "$lock" "$WILLI" lookup -config "$(conf "$n")" "$MISS")
 	row "$n" "index stale, miss" "$w" "$c"
 
 	# Rebuild: the lookup that finds no index scans, answers, rebuilds.
 	sleep 1.1 # past the racy window of the replaced file's change time
 	rm -f "$d"/cache/*.idx
-	read -r w c < <(measure 1 "$WILLI" lookup -config "$d/willi.conf" "$MISS")
+	read -r w c < <(measure 1 "$WILLI" lookup -config "$(conf "$n")" "$MISS")
 	row "$n" "rebuild (lookup + rebuild)" "$w" "$c"
-	"$WILLI" lookup -config "$d/willi.conf" "$hit" | grep -q 'from index)$' || { echo "$n: index not rebuilt" >&2; exit 1; }
+	"$WILLI" lookup -config "$(conf "$n")" "$(hit "$n")" | grep -q 'from index)$' || { echo "$n: index not rebuilt" >&2; exit 1; }
 	rm -rf "$d/routes.csv" "$d/cache"
 done
 
 first=${SIZES%% *}
 printf 'willi CSV lookup benchmark: %s, %s CPUs, load average %s, GOMAXPROCS=1\n' \
 	"$(date -u '+%Y-%m-%d %H:%M UTC')" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"
-printf 'whole process (willi lookup), median wall ms of %d runs (7 at 1M stale, 3 at 10M stale, 1 rebuild); CPU ms per run\n' "$RUNS"
-printf '%-10s %-28s %10s %10s %12s\n' rows case "wall ms" "CPU ms" "wall vs $first"
+printf 'whole process (willi lookup): median wall ms of %d runs (index current: the sizes in turn; stale: 7 runs at 1M, 3 at 10M; rebuild: 1), mean CPU ms\n' "$RUNS"
+printf '%-10s %-28s %10s %10s %12s %12s\n' rows case "wall ms" "CPU ms" "wall vs $first" "CPU vs $first"
 for n in $SIZES; do
 	for c in "index current, hit" "index current, miss" "index stale, hit" "index stale, miss" "rebuild (lookup + rebuild)"; do
-		printf '%-10s %-28s %10s %10s %12s\n' "$n" "$c" "${WALL[$n,$c]}" "${CPU[$n,$c]}" \
-			"$(awk -v a="${WALL[$n,$c]}" -v b="${WALL[$first,$c]}" 'BEGIN { printf "%.2f", a / b }')"
+		printf '%-10s %-28s %10s %10s %12s %12s\n' "$n" "$c" "${WALL[$n,$c]}" "${CPU[$n,$c]}" \
+			"$(awk -v a="${WALL[$n,$c]}" -v b="${WALL[$first,$c]}" 'BEGIN { printf "%.2f", a / b }')" \
+			"$(awk -v a="${CPU[$n,$c]}" -v b="${CPU[$first,$c]}" 'BEGIN { printf "%.2f", a / b }')"
 	done
 done
 echo
-echo "goal: index current at 1M and 10M rows <= 1.2x the cost at $first rows (wall, median)"
+echo "goal: index current at 1M and 10M rows <= 1.2x the cost at $first rows (median wall; mean CPU beside it)"
 for n in $SIZES; do
 	[ "$n" = "$first" ] && continue
 	for c in "index current, hit" "index current, miss"; do
-		awk -v n="$n" -v c="$c" -v a="${WALL[$n,$c]}" -v b="${WALL[$first,$c]}" \
-			'BEGIN { r = a / b; printf "%-10s %-28s %6.2f %s\n", n, c, r, r <= 1.2 ? "ok" : "MISS" }'
+		awk -v n="$n" -v c="$c" -v a="${WALL[$n,$c]}" -v b="${WALL[$first,$c]}" -v ca="${CPU[$n,$c]}" -v cb="${CPU[$first,$c]}" \
+			'BEGIN { r = a / b; printf "%-10s %-28s wall %5.2f %-5s CPU %5.2f\n", n, c, r, r <= 1.2 ? "ok" : "MISS", ca / cb }'
 	done
 done
 for n in $SIZES; do
