@@ -245,7 +245,7 @@ func genRoutes(t testing.TB, n int) string {
 
 // fastTempDir is a temporary folder in memory where there is one: a
 // rebuild's fsync calls cost a fuzz target most of its time on a disk.
-func fastTempDir(t *testing.T) string {
+func fastTempDir(t testing.TB) string {
 	dir, err := os.MkdirTemp("/dev/shm", "willi-fuzz-")
 	if err != nil {
 		return t.TempDir()

@@ -278,7 +278,7 @@ func FuzzCSVIndex(f *testing.F) {
 		want[addr] = answer{key, server}
 	}
 	// The rebuild lock is held, as by another process: no rebuild starts.
-	idxDir := f.TempDir()
+	idxDir := fastTempDir(f)
 	lock, err := lockCSVIndex(p, idxDir, false)
 	if err != nil {
 		f.Fatal(err)
