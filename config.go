@@ -31,6 +31,9 @@ type Config struct {
 	MaxErrors              int      `toml:"max_errors"`               // consecutive errors before 421
 	HardErrorLimit         int      `toml:"hard_error_limit"`         // errors and refused recipients before 421
 	SplitRecipients        string   `toml:"split_recipients"`         // defer | fanout
+	// IndexDir is where CSV mappings keep their compiled index: unset means
+	// $CACHE_DIRECTORY (systemd's CacheDirectory=) when set, "" no index.
+	IndexDir *string `toml:"index_dir"`
 
 	TLS           *TLSConfig       `toml:"tls"`
 	ProxyProtocol *ProxyConfig     `toml:"proxy_protocol"`
@@ -63,6 +66,8 @@ type MappingConfig struct {
 	DSN    string `toml:"dsn"`    // mysql
 	Query  string `toml:"query"`  // mysql
 	Server string `toml:"server"` // static
+
+	indexDir string // csv: the config's index folder, resolved
 }
 
 // UpstreamConfig is the policy for one server a mapping may return.
@@ -263,6 +268,13 @@ func (c *Config) validate() []string {
 			c.ProxyProtocol.nets = append(c.ProxyProtocol.nets, n)
 		}
 	}
+	indexDir := strings.Split(os.Getenv("CACHE_DIRECTORY"), ":")[0] // systemd lists one per CacheDirectory=
+	if c.IndexDir != nil {
+		indexDir = c.resolve(*c.IndexDir)
+	}
+	if indexDir != "" && !filepath.IsAbs(indexDir) {
+		bad("index_dir %q: CACHE_DIRECTORY must be an absolute path", indexDir)
+	}
 	if len(c.Mappings) == 0 {
 		bad("no [[mapping]]: willi would route nothing")
 	}
@@ -275,6 +287,7 @@ func (c *Config) validate() []string {
 		case "csv":
 			want = []string{"file"}
 			m.File = c.resolve(m.File)
+			m.indexDir = indexDir
 		case "mysql":
 			want = []string{"dsn", "query"}
 			if m.Query != "" && strings.Count(m.Query, "?") != 1 {

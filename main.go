@@ -104,7 +104,9 @@ func serveConnection(cfgPath string) int {
 		signal.Ignore(syscall.SIGPIPE)
 		context.AfterFunc(ctx, s.terminate)
 	}
+	setCSVIndexLog(log)
 	s.serve()
+	csvIndexBuilds.Wait() // a rebuild the session started; the client is gone
 	return 0
 }
 
@@ -138,19 +140,25 @@ func runLookup(args []string, out io.Writer) int {
 		ctx, cancel := context.WithTimeout(context.Background(), lookupTimeout)
 		route, err := ch.Route(ctx, addr, cfg.RecipientDelimiter)
 		cancel()
+		// How CSV mappings with an index answered: "from index" or "by scan: why".
+		inline, paren := "", ""
+		if len(route.Notes) > 0 {
+			inline, paren = "; "+strings.Join(route.Notes, "; "), " ("+strings.Join(route.Notes, "; ")+")"
+		}
 		switch {
 		case err == nil:
-			fmt.Fprintf(out, "%s -> %s (mapping %s, key %s)\n", addr, route.ID(), route.Mapping, route.Key)
+			fmt.Fprintf(out, "%s -> %s (mapping %s, key %s%s)\n", addr, route.ID(), route.Mapping, route.Key, inline)
 		case err == errNoRoute:
-			fmt.Fprintf(out, "%s: no route\n", addr)
+			fmt.Fprintf(out, "%s: no route%s\n", addr, paren)
 			if status == 0 {
 				status = 1
 			}
 		default:
-			fmt.Fprintf(out, "%s: lookup error: %v\n", addr, err)
+			fmt.Fprintf(out, "%s: lookup error: %v%s\n", addr, err, paren)
 			status = 2
 		}
 	}
+	csvIndexBuilds.Wait() // a rebuild a lookup started, after the answers
 	return status
 }
 
@@ -223,6 +231,9 @@ func runCheck(args []string, out io.Writer) int {
 		m.Close()
 		for _, w := range warnings {
 			fmt.Fprintf(out, "%s: warning: %s\n", where, w)
+		}
+		if x, ok := m.(interface{ indexState() string }); ok && x.indexState() != "" {
+			fmt.Fprintf(out, "%s: %s\n", where, x.indexState())
 		}
 		if err != nil {
 			fmt.Fprintf(out, "%s: %v\n", where, err)

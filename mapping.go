@@ -52,8 +52,9 @@ func (e *badRouteError) Error() string {
 // Route is where a recipient goes and why.
 type Route struct {
 	Servers []Server
-	Mapping string // which mapping answered
-	Key     string // which key matched
+	Mapping string   // which mapping answered
+	Key     string   // which key matched
+	Notes   []string // how mappings answered, e.g. "csv:/x.csv from index"
 }
 
 // ID identifies the upstream of a route: recipients of one transaction must
@@ -88,7 +89,7 @@ func newChain(c *Config) (*Chain, error) {
 func newMapping(mc MappingConfig) (Mapping, error) {
 	switch mc.Type {
 	case "csv":
-		return newCSVMapping(mc.File), nil
+		return newCSVMapping(mc.File, mc.indexDir), nil
 	case "mysql":
 		return newMySQLMapping(mc.DSN, mc.Query)
 	case "static":
@@ -102,6 +103,7 @@ func newMapping(mc MappingConfig) (Mapping, error) {
 func (ch *Chain) Route(ctx context.Context, addr, delimiter string) (Route, error) {
 	keys := lookupKeys(addr, delimiter)
 	literal := isAddressLiteral(addr)
+	var notes []string
 	for _, m := range ch.mappings {
 		if _, ok := m.(staticMapping); ok && literal {
 			// An address literal is routed only where a mapping names it
@@ -110,19 +112,22 @@ func (ch *Chain) Route(ctx context.Context, addr, delimiter string) (Route, erro
 			continue
 		}
 		key, server, err := m.Lookup(ctx, keys)
+		if a, ok := m.(interface{ answeredBy() string }); ok && a.answeredBy() != "" {
+			notes = append(notes, m.String()+" "+a.answeredBy())
+		}
 		if err != nil {
-			return Route{}, &lookupError{mapping: m.String(), err: err}
+			return Route{Notes: notes}, &lookupError{mapping: m.String(), err: err}
 		}
 		if key == "" {
 			continue
 		}
 		servers, err := parseServers(server)
 		if err != nil {
-			return Route{}, &badRouteError{mapping: m.String(), key: key, server: server, err: err}
+			return Route{Notes: notes}, &badRouteError{mapping: m.String(), key: key, server: server, err: err}
 		}
-		return Route{Servers: servers, Mapping: m.String(), Key: key}, nil
+		return Route{Servers: servers, Mapping: m.String(), Key: key, Notes: notes}, nil
 	}
-	return Route{}, errNoRoute
+	return Route{Notes: notes}, errNoRoute
 }
 
 // Close closes every mapping.
