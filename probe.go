@@ -59,7 +59,8 @@ func runProbe(args []string, out io.Writer) int {
 
 // probeTargets lists the servers to probe: those named (an address is
 // routed), else every server the config names in static mappings, CSV
-// files and [[upstream]] policies.
+// files and [[upstream]] policies (a MySQL table is not listed: name its
+// servers or addresses).
 func probeTargets(cfg *Config, args []string) ([]Server, error) {
 	var list []string
 	if len(args) > 0 {
@@ -128,6 +129,22 @@ type serverLister interface {
 }
 
 func (s staticMapping) servers() ([]string, error) { return []string{string(s)}, nil }
+
+func (m *csvMapping) servers() ([]string, error) {
+	f, err := os.Open(m.file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var list []string
+	err = readCSV(m.file, f, func(_ int, _, server string) error {
+		if !slices.Contains(list, server) {
+			list = append(list, server)
+		}
+		return nil
+	})
+	return list, err
+}
 
 // probeServer connects to one server as a session would and reports what
 // it found; it returns whether the server is fit under its policy.

@@ -2,7 +2,9 @@ package test
 
 import (
 	"fmt"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -19,7 +21,14 @@ func TestProbe(t *testing.T) {
 	good := startPostfix(t, postfixOpts{XClient: true, TLS: true})
 	bad := startPostfix(t, postfixOpts{})
 	down := fmt.Sprintf("127.0.0.1:%d", deadPort(t))
-	conf := writeConfig(t, t.TempDir(), `hostname = "mx.test"
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "routes.csv"), []byte("pattern,server\nexample.net,"+good.Addr+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conf := writeConfig(t, dir, `hostname = "mx.test"
+[[mapping]]
+type = "csv"
+file = "routes.csv"
 [[mapping]]
 type = "static"
 server = "`+good.Addr+`"
@@ -47,11 +56,11 @@ starttls = "required"
 		}
 	}
 
-	// No argument: every server the config names (the static route, with
-	// its [[upstream]] policy).
+	// No argument: every server the config names (the CSV's and the static
+	// route, the same server with its [[upstream]] policy), probed once.
 	out, code := probe()
-	if code != 0 {
-		t.Errorf("exit %d for a fit upstream:\n%s", code, out)
+	if code != 0 || strings.Count(out, good.Addr+" (") != 1 {
+		t.Errorf("exit %d for a fit upstream, named once:\n%s", code, out)
 	}
 	check(out, `^`+regexp.QuoteMeta(good.Addr)+` \(starttls required`, `banner: upstream.test ESMTP`,
 		`extensions: .*PIPELINING`, `tls: TLS 1\.3`, `certificate: subject "upstream.test"`,
@@ -76,4 +85,13 @@ starttls = "required"
 		t.Errorf("exit %d for a server that is down, want 1:\n%s", code, out)
 	}
 	check(out, `unfit: 451 4\.4\.1`)
+
+	// The servers of a CSV mapping are probed too.
+	if err := os.WriteFile(filepath.Join(dir, "routes.csv"), []byte("pattern,server\nexample.net,"+down+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, code = probe()
+	if code != 1 || !strings.Contains(out, down+" (") {
+		t.Errorf("exit %d: the CSV's server that is down was not probed:\n%s", code, out)
+	}
 }
