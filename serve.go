@@ -99,12 +99,6 @@ func runServe(args []string) int {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "serve")
 
-	cred, err := sessionCredential(o.user, os.Geteuid())
-	if err != nil {
-		log.Error("not starting: "+err.Error(), "user", o.user)
-		return 2
-	}
-
 	// The children get an absolute path: the config is read afresh by each
 	// one, and a broken config is better reported now than per connection.
 	cfgPath, err := filepath.Abs(o.config)
@@ -118,6 +112,12 @@ func runServe(args []string) int {
 		log.Error("config is not usable; fix it (see willi check) and start again", "config", o.config, "err", strings.ReplaceAll(err.Error(), "\n", "; "))
 		return 1
 	}
+	cred, err := sessionCredential(o.user, os.Geteuid())
+	if err != nil {
+		log.Error("not starting: "+err.Error(), "user", o.user)
+		return 2
+	}
+
 	exe, err := os.Executable()
 	if err != nil {
 		log.Error("cannot find own executable", "err", err)

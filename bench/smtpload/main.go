@@ -111,7 +111,12 @@ func session(addr string, local *net.TCPAddr, mail bool, timeout time.Duration) 
 	t0 := time.Now()
 	conn, err := d.Dial("tcp", addr)
 	if err != nil {
-		r.failure = "dial: " + err.Error()
+		// Without the addresses: failures are counted by kind.
+		msg := err.Error()
+		if i := strings.LastIndex(msg, ": "); i >= 0 {
+			msg = msg[i+2:]
+		}
+		r.failure = "dial: " + msg
 		return r
 	}
 	defer conn.Close()
