@@ -9,6 +9,7 @@
 #   test/container.sh put NAME FILE DEST copy FILE to DEST inside
 #   test/container.sh install NAME TARBALL
 #                                        unpack TARBALL and run its install.sh
+#   test/container.sh cpu NAME           CPU time used in it so far, in ns
 #   test/container.sh stop NAME          power off and clean up
 #
 # The host needs no systemd: systemd-nspawn runs from a process moved first
@@ -27,9 +28,10 @@ shift 2
 case $name in *[!A-Za-z0-9_-]* | "") die "bad container name: $name" ;; esac
 dir=$STATE/$name
 
-# The cgroup folders of the container (v2 unified and/or v1 name=systemd).
+# The cgroup folders of the container: v2 (unified, or the whole tree), the
+# v1 name=systemd hierarchy, and v1 cpuacct (to count its CPU time).
 cgroups() {
-	for h in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup; do
+	for h in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup /sys/fs/cgroup/cpuacct; do
 		if [ -f "$h/cgroup.procs" ] && ! [ -d "$h/unified" ]; then echo "$h/$name"; fi
 	done | awk '!seen[$0]++'
 }
@@ -90,6 +92,19 @@ install)
 	in_ct sh -c 'cat >/root/willi.tar.gz' <"$1"
 	# As the README's Install section says.
 	in_ct sh -ec 'cd /root && tar xzf willi.tar.gz && cd willi-*/ && ./install.sh'
+	;;
+cpu)
+	if [ -f "/sys/fs/cgroup/cpuacct/$name/cpuacct.usage" ]; then
+		cat "/sys/fs/cgroup/cpuacct/$name/cpuacct.usage"
+	else
+		for cg in $(cgroups); do
+			if [ -f "$cg/cpu.stat" ]; then
+				awk '$1 == "usage_usec" { printf "%d000\n", $2; exit }' "$cg/cpu.stat"
+				exit 0
+			fi
+		done
+		die "no CPU accounting for $name"
+	fi
 	;;
 stop)
 	if [ -f "$dir/nspawn.pid" ]; then
