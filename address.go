@@ -166,7 +166,7 @@ func canonicalAddress(path string, rcpt bool) (addr string, nonASCII bool, r *Re
 		}
 		path = path[i+1:]
 	}
-	local, domain, r := splitMailbox(path)
+	local, domain, r := splitMailbox(path, !rcpt)
 	if r != nil {
 		return "", false, r
 	}
@@ -180,7 +180,7 @@ func canonicalAddress(path string, rcpt bool) (addr string, nonASCII bool, r *Re
 	if len(local) > maxLocalPart {
 		return "", false, replyAddrLength
 	}
-	if strings.ContainsAny(local, "%!") {
+	if rcpt && strings.ContainsAny(local, "%!") {
 		return "", false, replyAddrHack
 	}
 	if !utf8.ValidString(local) {
@@ -204,8 +204,10 @@ func canonicalAddress(path string, rcpt bool) (addr string, nonASCII bool, r *Re
 }
 
 // splitMailbox splits local@domain, unquoting a quoted local part when its
-// content is a plain dot-string and refusing it otherwise.
-func splitMailbox(s string) (local, domain string, r *Reply) {
+// content is a plain dot-string. Otherwise a recipient's is refused (it is
+// routed, and % ! and quoting are relay hacks), and a sender's is kept,
+// quoted anew: senders are not routed, and the upstream judges them.
+func splitMailbox(s string, sender bool) (local, domain string, r *Reply) {
 	if strings.HasPrefix(s, "\"") {
 		var b strings.Builder
 		i := 1
@@ -223,7 +225,12 @@ func splitMailbox(s string) (local, domain string, r *Reply) {
 		}
 		local, s = b.String(), s[i+1:]
 		if !isDotString(local) {
-			return "", "", replyAddrHack
+			if !sender {
+				return "", "", replyAddrHack
+			}
+			if local, r = quoteLocal(local); r != nil {
+				return "", "", r
+			}
 		}
 		if s == "" {
 			return local, "", nil
@@ -235,7 +242,7 @@ func splitMailbox(s string) (local, domain string, r *Reply) {
 	}
 	local, domain, _ = strings.Cut(s, "@")
 	if !isDotString(local) {
-		if strings.ContainsAny(local, "%!") {
+		if strings.ContainsAny(local, "%!") && !sender {
 			return "", "", replyAddrHack
 		}
 		return "", "", replyAddrSyntax
@@ -244,6 +251,25 @@ func splitMailbox(s string) (local, domain string, r *Reply) {
 		return "", "", replyAddrSyntax
 	}
 	return local, domain, nil
+}
+
+// quoteLocal writes a local part as an RFC 5321 Quoted-string: printable
+// text (UTF-8 allowed, as SMTPUTF8 does), '"' and '\\' escaped.
+func quoteLocal(l string) (string, *Reply) {
+	var b strings.Builder
+	b.WriteByte('"')
+	for i := 0; i < len(l); i++ {
+		c := l[i]
+		if c < 0x20 || c == 0x7f {
+			return "", replyAddrSyntax
+		}
+		if c == '"' || c == '\\' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(c)
+	}
+	b.WriteByte('"')
+	return b.String(), nil
 }
 
 // isDotString: Dot-string = Atom *("." Atom)

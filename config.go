@@ -29,6 +29,8 @@ type Config struct {
 	UpstreamDataTimeout    Duration `toml:"upstream_data_timeout"`    // final reply wait, §4.5.3.2.6: 10 min
 	SessionTimeout         Duration `toml:"session_timeout"`          // whole session cap
 	MaxErrors              int      `toml:"max_errors"`               // consecutive errors before 421
+	HardErrorLimit         int      `toml:"hard_error_limit"`         // errors and refused recipients before 421
+	SplitRecipients        string   `toml:"split_recipients"`         // defer | fanout
 
 	TLS           *TLSConfig       `toml:"tls"`
 	ProxyProtocol *ProxyConfig     `toml:"proxy_protocol"`
@@ -92,6 +94,7 @@ const (
 	defaultMaxMessageSize = 50 << 20
 	defaultMaxRecipients  = 100
 	defaultMaxErrors      = 3
+	defaultHardErrorLimit = 20 // Postfix's smtpd_hard_error_limit
 )
 
 var (
@@ -108,6 +111,9 @@ const (
 	tlsOpportunistic = "opportunistic"
 	tlsRequired      = "required"
 	tlsNever         = "never"
+
+	splitDefer  = "defer"
+	splitFanout = "fanout"
 
 	addrXCLIENT = "xclient"
 	addrProxyV1 = "proxy-v1"
@@ -188,6 +194,18 @@ func (c *Config) validate() []string {
 		c.MaxErrors = defaultMaxErrors
 	} else if c.MaxErrors < 0 {
 		bad("max_errors must be positive")
+	}
+	if c.HardErrorLimit == 0 {
+		c.HardErrorLimit = defaultHardErrorLimit
+	} else if c.HardErrorLimit < 0 {
+		bad("hard_error_limit must be positive")
+	}
+	switch c.SplitRecipients {
+	case "":
+		c.SplitRecipients = splitDefer
+	case splitDefer, splitFanout:
+	default:
+		bad("split_recipients %q: want defer or fanout", c.SplitRecipients)
 	}
 	if len(c.RecipientDelimiter) > 1 || c.RecipientDelimiter == "@" {
 		bad("recipient_delimiter %q must be one character other than @", c.RecipientDelimiter)

@@ -127,7 +127,7 @@ func TestHardeningEarlyTalker(t *testing.T) {
 			time.Sleep(50 * time.Millisecond)
 			f := newFakeUpstreams(t, c.up, nil)
 			done, log := hSession(t, cfg, srv, f)
-			out, closed := hReadAll(cli)
+			out, closed := hReadAll(cli, newHOutput())
 			hFinish(t, out, closed, done, log, f).check(t, c, "loopback TCP")
 		})
 	}
@@ -217,7 +217,7 @@ func TestHardeningSlowloris(t *testing.T) {
 					time.Sleep(c.tick)
 				}
 			}()
-			out, closed := hReadAll(cli)
+			out, closed := hReadAll(cli, newHOutput())
 			cli.Close()
 			res := hFinish(t, out, closed, done, log, f)
 			if msg := hCheckReplies(out); msg != "" || !closed {

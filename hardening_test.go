@@ -482,17 +482,140 @@ func hOneByte(in string) []string {
 }
 
 // hReadAll reads until willi closes (or hWait passes).
-func hReadAll(conn net.Conn) (string, bool) {
+func hReadAll(conn net.Conn, o *hOutput) (string, bool) {
 	conn.SetReadDeadline(time.Now().Add(hWait))
-	var b bytes.Buffer
 	buf := make([]byte, 4096)
 	for {
 		n, err := conn.Read(buf)
-		b.Write(buf[:n])
+		o.add(buf[:n], err != nil)
 		if err != nil {
-			return b.String(), err == io.EOF || err == io.ErrClosedPipe || err == io.ErrUnexpectedEOF
+			o.mu.Lock()
+			defer o.mu.Unlock()
+			return o.buf.String(), err == io.EOF || err == io.ErrClosedPipe || err == io.ErrUnexpectedEOF
 		}
 	}
+}
+
+// hOutput is what the client has read so far, for a writer that waits for
+// replies.
+type hOutput struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	buf    bytes.Buffer
+	ended  bool
+	counts []int // offsets where each complete reply ends
+}
+
+func newHOutput() *hOutput {
+	o := &hOutput{}
+	o.cond = sync.NewCond(&o.mu)
+	return o
+}
+
+func (o *hOutput) add(b []byte, end bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	start := o.buf.Len()
+	o.buf.Write(b)
+	out := o.buf.Bytes()
+	for i := start; i < len(out); i++ {
+		if out[i] != '\n' {
+			continue
+		}
+		ls := bytes.LastIndexByte(out[:i], '\n') + 1
+		if i-ls >= 4 && out[ls+3] == ' ' {
+			o.counts = append(o.counts, i+1)
+		}
+	}
+	o.ended = o.ended || end
+	o.cond.Broadcast()
+}
+
+// reply waits for the n-th complete reply (1: the banner) and returns it,
+// or "" when the connection ended first.
+func (o *hOutput) reply(n int) string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for len(o.counts) < n && !o.ended {
+		o.cond.Wait()
+	}
+	if len(o.counts) < n {
+		return ""
+	}
+	start := 0
+	if n > 1 {
+		start = o.counts[n-2]
+	}
+	return string(o.buf.Bytes()[start:o.counts[n-1]])
+}
+
+// hWrite sends the client's bytes cut into segs as a client that keeps
+// RFC 2920 does: after a DATA command it waits for the reply before it
+// sends more (its message when the reply is 354), so a segment that spans
+// a DATA command is cut after it, and a message whose DATA was refused is
+// not sent. Every command line gets one reply;
+// replies is how many come before the first (1: the banner).
+func hWrite(cli net.Conn, segs []string, o *hOutput, replies int) {
+	in := strings.Join(segs, "")
+	var bounds []int // ends of segments
+	n := 0
+	for _, sg := range segs {
+		n += len(sg)
+		bounds = append(bounds, n)
+	}
+	written := 0
+	send := func(to int) bool {
+		for _, b := range bounds {
+			if b <= written {
+				continue
+			}
+			end := min(b, to)
+			if _, err := cli.Write([]byte(in[written:end])); err != nil {
+				return false
+			}
+			written = end
+			if end == to {
+				break
+			}
+		}
+		return true
+	}
+	pos := 0
+	for pos < len(in) {
+		nl := strings.IndexByte(in[pos:], '\n')
+		if nl < 0 {
+			break
+		}
+		line := in[pos : pos+nl+1]
+		pos += nl + 1
+		replies++
+		if !strings.EqualFold(line, "DATA\r\n") {
+			continue
+		}
+		if !send(pos) {
+			return
+		}
+		go354 := strings.HasPrefix(o.reply(replies), "354")
+		end := strings.Index(in[pos-2:], "\r\n.\r\n")
+		if end < 0 {
+			if !go354 {
+				return
+			}
+			break
+		}
+		if !go354 {
+			// The message stays unsent.
+			if !send(pos) {
+				return
+			}
+			written = pos + end + 3
+			pos = written
+			continue
+		}
+		pos += end + 3
+		replies++ // the verdict on the message
+	}
+	send(len(in))
 }
 
 // hRun runs c once with the client's bytes cut into segs (nil: one
@@ -506,14 +629,9 @@ func hRun(t testing.TB, c hcase, cfg *Config, segs []string) hResult {
 	f := newFakeUpstreams(t, c.up, c.upTLS)
 	srv, cli := net.Pipe()
 	done, log := hSession(t, cfg, srv, f)
-	go func() {
-		for _, s := range segs {
-			if _, err := cli.Write([]byte(s)); err != nil {
-				return
-			}
-		}
-	}()
-	out, closed := hReadAll(cli)
+	o := newHOutput()
+	go hWrite(cli, segs, o, 1)
+	out, closed := hReadAll(cli, o)
 	cli.Close()
 	return hFinish(t, out, closed, done, log, f)
 }

@@ -42,12 +42,14 @@ func hRunTLS(t testing.TB, c hcase, cfg *Config, pre, garbage string, post []str
 	f := newFakeUpstreams(t, c.up, c.upTLS)
 	srv, cli := net.Pipe()
 	done, log := hSession(t, cfg, srv, f)
-	go cli.Write([]byte(pre))
+	o := newHOutput()
+	go hWrite(cli, []string{pre}, o, 1)
 	cli.SetDeadline(time.Now().Add(hWait))
 	var out []byte
 	one := make([]byte, 1)
 	for !bytes.HasSuffix(out, []byte(hReady)) {
 		n, err := cli.Read(one)
+		o.add(one[:n], err != nil)
 		out = append(out, one[:n]...)
 		if err != nil {
 			cli.Close()
@@ -58,7 +60,7 @@ func hRunTLS(t testing.TB, c hcase, cfg *Config, pre, garbage string, post []str
 		// What willi answers now is a TLS alert, not SMTP: only the close
 		// counts.
 		go cli.Write([]byte(garbage))
-		_, closed := hReadAll(cli)
+		_, closed := hReadAll(cli, newHOutput())
 		cli.Close()
 		return hFinish(t, string(out), closed, done, log, f)
 	}
@@ -67,14 +69,9 @@ func hRunTLS(t testing.TB, c hcase, cfg *Config, pre, garbage string, post []str
 		cli.Close()
 		return hFinish(t, string(out)+"<handshake failed: "+err.Error()+">", true, done, log, f)
 	}
-	go func() {
-		for _, s := range post {
-			if _, err := tc.Write([]byte(s)); err != nil {
-				return
-			}
-		}
-	}()
-	rest, closed := hReadAll(tc)
+	o = newHOutput()
+	go hWrite(tc, post, o, 0)
+	rest, closed := hReadAll(tc, o)
 	cli.Close()
 	return hFinish(t, string(out)+rest, closed, done, log, f)
 }

@@ -99,12 +99,7 @@ func serveConnection(cfgPath string) int {
 	s.greeted = func() {
 		ctx, _ := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		signal.Ignore(syscall.SIGPIPE)
-		context.AfterFunc(ctx, func() {
-			s.log.Info("signal, closing session", "client", s.clientString())
-			s.write(replyShutdown)
-			s.flush()
-			os.Exit(0)
-		})
+		context.AfterFunc(ctx, s.terminate)
 	}
 	s.serve()
 	return 0

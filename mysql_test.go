@@ -1,6 +1,8 @@
 package main
 
 import (
+	"willi/test/mariadb"
+
 	"context"
 	"database/sql"
 	"errors"
@@ -16,7 +18,7 @@ const routesQuery = "SELECT server FROM routes WHERE pattern = ?"
 // noPassword fails the test if an error text shows the DSN password.
 func noPassword(t *testing.T, err error) {
 	t.Helper()
-	if err != nil && strings.Contains(err.Error(), mariaPasswd) {
+	if err != nil && strings.Contains(err.Error(), mariadb.Password) {
 		t.Fatalf("error shows the password: %v", err)
 	}
 }
@@ -36,7 +38,7 @@ func mysqlChain(t *testing.T, dsn, query string) *Chain {
 }
 
 func TestMySQLRoute(t *testing.T) {
-	db := sharedMariaDB(t)
+	db := mariadb.Shared(t)
 	ch := mysqlChain(t, db.DSN(""), routesQuery)
 	tests := []struct{ addr, mapping, key, id string }{
 		{"alice@example.com", "mysql", "alice@example.com", "alice-mx.internal:2525"},
@@ -59,7 +61,7 @@ func TestMySQLRoute(t *testing.T) {
 }
 
 func TestMySQLNullAndSeveralRows(t *testing.T) {
-	db := sharedMariaDB(t)
+	db := mariadb.Shared(t)
 	m, err := newMySQLMapping(db.DSN(""), "SELECT server FROM loose WHERE pattern = ? ORDER BY server")
 	if err != nil {
 		t.Fatal(err)
@@ -84,8 +86,8 @@ func TestMySQLNullAndSeveralRows(t *testing.T) {
 // TestMySQLPreparedOnce: one connection and one prepared statement serve
 // every lookup of a process.
 func TestMySQLPreparedOnce(t *testing.T) {
-	db := sharedMariaDB(t)
-	root, err := sql.Open("mysql", "root@unix("+db.socket+")/")
+	db := mariadb.Shared(t)
+	root, err := sql.Open("mysql", "root@unix("+db.Socket+")/")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +117,7 @@ func TestMySQLPreparedOnce(t *testing.T) {
 }
 
 func TestMySQLSlowQueryTimesOut(t *testing.T) {
-	db := sharedMariaDB(t)
+	db := mariadb.Shared(t)
 	ch := mysqlChain(t, db.DSN("readTimeout=500ms"), "SELECT server FROM routes WHERE pattern = ? AND SLEEP(5) = 0")
 	start := time.Now()
 	_, err := ch.Route(context.Background(), "alice@example.com", "")
@@ -150,9 +152,9 @@ func TestMySQLDefaultTimeouts(t *testing.T) {
 
 func TestMySQLConfigErrors(t *testing.T) {
 	for _, dsn := range []string{
-		"willi:" + mariaPasswd + "@tcp(127.0.0.1:3306)",       // no /db
-		"willi:" + mariaPasswd + "@tcp(127.0.0.1:3306/mail",   // no )
-		"willi:" + mariaPasswd + "@tcp(127.0.0.1)/mail?x=%zz", // bad escape
+		"willi:" + mariadb.Password + "@tcp(127.0.0.1:3306)",       // no /db
+		"willi:" + mariadb.Password + "@tcp(127.0.0.1:3306/mail",   // no )
+		"willi:" + mariadb.Password + "@tcp(127.0.0.1)/mail?x=%zz", // bad escape
 	} {
 		_, err := newMySQLMapping(dsn, routesQuery)
 		if err == nil {
@@ -170,7 +172,7 @@ func TestMySQLConfigErrors(t *testing.T) {
 // TestMySQLLazy: making the mapping touches nothing; an unreachable
 // server is an error at the first lookup.
 func TestMySQLLazy(t *testing.T) {
-	m, err := newMySQLMapping("willi:"+mariaPasswd+"@tcp(127.0.0.1:1)/mail?timeout=1s", routesQuery)
+	m, err := newMySQLMapping("willi:"+mariadb.Password+"@tcp(127.0.0.1:1)/mail?timeout=1s", routesQuery)
 	if err != nil {
 		t.Fatalf("constructor must not connect: %v", err)
 	}
@@ -183,7 +185,7 @@ func TestMySQLLazy(t *testing.T) {
 }
 
 func TestMySQLCheck(t *testing.T) {
-	db := sharedMariaDB(t)
+	db := mariadb.Shared(t)
 	ctx := context.Background()
 	tests := []struct {
 		name, dsn, query, want string
@@ -192,8 +194,8 @@ func TestMySQLCheck(t *testing.T) {
 		{"no such table", db.DSN(""), "SELECT server FROM nosuch WHERE pattern = ?", "nosuch"},
 		{"syntax", db.DSN(""), "SELEC server FROM routes WHERE pattern = ?", "syntax"},
 		{"no such column", db.DSN(""), "SELECT srv FROM routes WHERE pattern = ?", "srv"},
-		{"bad password", strings.Replace(db.DSN(""), mariaPasswd, "wrong-"+mariaPasswd, 1), routesQuery, "Access denied"},
-		{"no such user", strings.Replace(db.DSN(""), mariaUser+":", "mallory:", 1), routesQuery, "Access denied"},
+		{"bad password", strings.Replace(db.DSN(""), mariadb.Password, "wrong-"+mariadb.Password, 1), routesQuery, "Access denied"},
+		{"no such user", strings.Replace(db.DSN(""), mariadb.User+":", "mallory:", 1), routesQuery, "Access denied"},
 		{"no such database", strings.Replace(db.DSN(""), "/mail", "/nomail", 1), routesQuery, "nomail"},
 	}
 	for _, tc := range tests {
@@ -227,7 +229,7 @@ func TestMySQLCheck(t *testing.T) {
 // TestMySQLServerStops: the database going away mid-session is an error,
 // never a fall-through to the static mapping after it.
 func TestMySQLServerStops(t *testing.T) {
-	db := ownMariaDB(t)
+	db := mariadb.Own(t)
 	ch := mysqlChain(t, db.DSN("timeout=1s&readTimeout=1s"), routesQuery)
 	ctx := context.Background()
 	if r, err := ch.Route(ctx, "alice@example.com", ""); err != nil || r.Key != "alice@example.com" {
@@ -252,7 +254,7 @@ func TestMySQLServerStops(t *testing.T) {
 // whose domain matches (connect, prepare, two queries), and a further
 // recipient on the same connection.
 func BenchmarkMySQLLookup(b *testing.B) {
-	db := sharedMariaDB(b)
+	db := mariadb.Shared(b)
 	keys := lookupKeys("someone@example.com", "")
 	b.Run("fresh", func(b *testing.B) {
 		for b.Loop() {

@@ -52,15 +52,15 @@ func looksLikeProxyHeader(b []byte) bool {
 
 // writeProxyHeader sends a PROXY header naming the client to an upstream
 // whose policy asks for one (client_address = "proxy-v1" / "proxy-v2").
-func (s *Session) writeProxyHeader(conn net.Conn, kind string) error {
+func writeProxyHeader(conn net.Conn, kind string, c clientFacts) error {
 	version := byte(1)
 	if kind == addrProxyV2 {
 		version = 2
 	}
-	src := &net.TCPAddr{IP: s.clientIP, Port: s.clientPort}
-	dst, _ := s.localAddr.(*net.TCPAddr)
+	src := &net.TCPAddr{IP: c.ip, Port: c.port}
+	dst, _ := c.local.(*net.TCPAddr)
 	var h *proxyproto.Header
-	if s.clientIP == nil || dst == nil {
+	if c.ip == nil || dst == nil {
 		// Nothing true to say: LOCAL (v2) or UNKNOWN (v1).
 		h = &proxyproto.Header{Version: version, Command: proxyproto.LOCAL, TransportProtocol: proxyproto.UNSPEC}
 	} else {
@@ -73,7 +73,6 @@ func (s *Session) writeProxyHeader(conn net.Conn, kind string) error {
 		}
 		h = proxyproto.HeaderProxyFromAddrs(version, src, dst)
 	}
-	conn.SetWriteDeadline(time.Now().Add(s.cfg.UpstreamCommandTimeout.Duration))
 	_, err := h.WriteTo(conn)
 	return err
 }

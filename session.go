@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // phase is where the client is in the dialogue; the dispatcher checks it
@@ -44,6 +45,8 @@ type Session struct {
 	r    *bufio.Reader
 	wmu  sync.Mutex // the signal handler writes its 421 under it too
 	w    *bufio.Writer
+	// signalled: a signal ended the session; guarded by wmu.
+	signalled bool
 
 	// greeted runs once the banner is out: set-up the banner need not
 	// wait for (signal handling starts a thread, about 0.2 ms).
@@ -63,28 +66,15 @@ type Session struct {
 	esmtp   bool
 	tlsInfo string // "" until the client's STARTTLS completed
 	errors  int    // consecutive protocol errors
+	refused int    // errors and refused recipients since the last delivered message
 	closing bool   // end the session after the current reply
 	reason  string // why the session ended, for the log
 
 	chain    *Chain
-	up       *upstream // kept across transactions to the same route
-	tx       transaction
+	tx       *transaction // nil outside a mail transaction
+	idle     []*upstream  // connections kept for the next transaction
 	messages int
-}
-
-// transaction is the envelope of the current mail transaction.
-type transaction struct {
-	from      string
-	fromSet   bool
-	utf8      bool   // SMTPUTF8 given
-	body      string // BODY= value, upper case
-	size      int64  // SIZE= value
-	rcpts     []string
-	attempted int // RCPTs the client sent, accepted or not
-	route     Route
-	bound     bool // route fixed by the first accepted RCPT
-	start     time.Time
-	logged    bool // its log line is written
+	stop     context.CancelFunc // ends the session from a signal
 }
 
 // newSession prepares a session on conn; nothing is read or written yet.
@@ -93,12 +83,12 @@ func newSession(cfg *Config, conn net.Conn, log *slog.Logger) *Session {
 		cfg:   cfg,
 		log:   log,
 		debug: log.Enabled(context.Background(), slog.LevelDebug),
-		ctx:   context.Background(),
 		start: time.Now(),
 		conn:  conn,
 		r:     bufio.NewReaderSize(conn, clientBufferSize),
 		w:     bufio.NewWriterSize(conn, 4096),
 	}
+	s.ctx, s.stop = context.WithCancel(context.Background())
 	s.end = s.start.Add(cfg.SessionTimeout.Duration)
 	s.dial = (&net.Dialer{}).DialContext
 	s.lookupName = func(ctx context.Context, ip net.IP) string { return clientName(ctx, net.DefaultResolver, ip) }
@@ -134,6 +124,9 @@ func (s *Session) writeDeadline() time.Time {
 func (s *Session) write(r *Reply) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	if s.signalled {
+		return // the 421 that says so was the last reply
+	}
 	buf := r.appendTo(make([]byte, 0, 128))
 	if s.debug {
 		s.log.Debug("c<", "reply", strings.TrimSuffix(string(buf), "\r\n"))
@@ -145,6 +138,9 @@ func (s *Session) write(r *Reply) {
 func (s *Session) flush() error {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
+	if s.signalled {
+		return errSignalled
+	}
 	s.conn.SetWriteDeadline(s.writeDeadline())
 	return s.w.Flush()
 }
@@ -154,6 +150,8 @@ func (s *Session) flush() error {
 func (s *Session) hangup(err error) *Reply {
 	s.closing = true
 	switch {
+	case s.isSignalled():
+		s.reason = "signal"
 	case err == nil:
 		s.reason = "tls-failed"
 	case errors.Is(err, os.ErrDeadlineExceeded):
@@ -168,6 +166,39 @@ func (s *Session) hangup(err error) *Reply {
 		s.log.Debug("client connection error", "err", err)
 	}
 	return nil
+}
+
+// errSignalled is every write's error once a signal ended the session.
+var errSignalled = errors.New("session ended by a signal")
+
+// terminate ends the session from a signal (systemd stop, RuntimeMaxSec):
+// the client is told 421 and nothing after it, and every wait of the
+// session's own goroutine, on the client or an upstream, fails at once, so
+// that it aborts what is in progress (an upstream in DATA gets no end of
+// data), logs the transaction and the session, and returns. Should it not
+// within exitGrace, the process exits anyway.
+func (s *Session) terminate() {
+	s.wmu.Lock()
+	if !s.signalled {
+		s.log.Info("signal, closing session", "client", s.clientString())
+		s.conn.SetWriteDeadline(time.Now().Add(finalReplyGrace))
+		s.w.Write(replyShutdown.appendTo(nil))
+		s.w.Flush()
+		s.signalled = true
+		s.conn.SetDeadline(time.Now())
+	}
+	s.wmu.Unlock()
+	s.stop()
+	time.AfterFunc(exitGrace, func() { os.Exit(0) })
+}
+
+// exitGrace bounds how long a signalled session may take to wind down.
+const exitGrace = 5 * time.Second
+
+func (s *Session) isSignalled() bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.signalled
 }
 
 // serve runs the dialogue until the client quits, goes away or is sent away.
@@ -382,7 +413,7 @@ func (s *Session) dispatch(line string) *Reply {
 	if cmd.seq != nil {
 		if r := cmd.seq(s.phase); r != nil {
 			if verb == "DATA" {
-				r = s.dataRefused(r)
+				r = s.dataRefused(r, false)
 			}
 			return s.countError(r)
 		}
@@ -390,8 +421,12 @@ func (s *Session) dispatch(line string) *Reply {
 	return s.countError(cmd.fn(s, strings.TrimLeft(arg, " ")))
 }
 
-// countError counts consecutive protocol errors of willi's own (syntax and
-// sequence) and sends the client away after max_errors of them.
+// countError counts willi's own protocol errors (syntax and sequence) in a
+// row, and every 5xx (refused recipients included) since the last message
+// delivered; past max_errors in a row or hard_error_limit in all (Postfix's
+// smtpd_hard_error_limit) the client is sent away: a harvester walking
+// addresses is cut off. Temporary refusals (4xx) do not count: they are
+// faults of ours or of an upstream, or a request to send again.
 func (s *Session) countError(r *Reply) *Reply {
 	if r == nil {
 		return nil
@@ -401,11 +436,21 @@ func (s *Session) countError(r *Reply) *Reply {
 		s.errors = 0
 	case r.Code >= 500 && r.Code <= 504 || r.Code == 555:
 		s.errors++
-		if s.errors >= s.cfg.MaxErrors && !r.closes() {
-			s.write(r)
-			s.reason = "too-many-errors"
-			return replyTooManyErrors
-		}
+	}
+	if r.Code/100 == 5 && !r.closes() {
+		s.refused++
+	}
+	switch {
+	case r.closes():
+	case s.errors >= s.cfg.MaxErrors:
+		s.write(r)
+		s.reason = "too-many-errors"
+		return replyTooManyErrors
+	case s.refused >= s.cfg.HardErrorLimit:
+		s.write(r)
+		s.reason = "hard-error-limit"
+		s.log.Info("hard error limit reached, closing", "client", s.clientString(), "errors", s.refused)
+		return replyTooManyRefused
 	}
 	return r
 }
@@ -438,9 +483,12 @@ func (s *Session) cmdHelo(arg string) *Reply {
 	return &Reply{Code: 250, Text: []string{s.cfg.Hostname}}
 }
 
-// greet records the client's name. Any printable text is accepted, as
-// Postfix does; it is only ever forwarded xtext-encoded (XCLIENT HELO=).
-// A greeting in the middle of a transaction resets it (RFC 5321 §4.1.4).
+// greet records the client's name. Any printable UTF-8 is accepted, as
+// Postfix does; it is only ever forwarded xtext-encoded (XCLIENT HELO=) or
+// as the greeting after XCLIENT, so it must be text an upstream accepts.
+// A greeting resets the transaction (RFC 5321 §4.1.4) and lets go of the
+// upstream connections: what they were told of the client (XCLIENT HELO)
+// is stale.
 func (s *Session) greet(arg string, esmtp bool) *Reply {
 	arg = strings.TrimSpace(arg)
 	if arg == "" {
@@ -449,7 +497,11 @@ func (s *Session) greet(arg string, esmtp bool) *Reply {
 		}
 		return reply(501, "5.5.4", "Syntax: HELO hostname")
 	}
-	s.resetTx()
+	if !utf8.ValidString(arg) || strings.ContainsAny(arg, "\t\x7f") {
+		return reply(501, "5.5.2", "Error: invalid HELO name")
+	}
+	s.dropTx()
+	s.endUpstreams()
 	s.helo, s.esmtp, s.phase = arg, esmtp, phaseReady
 	return nil
 }
@@ -461,7 +513,7 @@ func (s *Session) cmdMail(arg string) *Reply {
 	if r != nil {
 		return r
 	}
-	tx := transaction{from: p.addr, fromSet: true, start: time.Now()}
+	e := envelope{from: p.addr}
 	for _, prm := range p.params {
 		if !s.esmtp {
 			return reply(555, "5.5.4", "Error: parameters need EHLO")
@@ -472,11 +524,11 @@ func (s *Session) cmdMail(arg string) *Reply {
 			if err != nil || n < 0 || len(prm.value) > 20 {
 				return reply(501, "5.5.4", "Error: bad SIZE parameter")
 			}
-			tx.size = n
+			e.size = n
 		case "BODY":
 			switch v := strings.ToUpper(prm.value); v {
 			case "7BIT", "8BITMIME":
-				tx.body = v
+				e.body = v
 			case "BINARYMIME":
 				return reply(504, "5.5.4", "Error: BINARYMIME not supported")
 			default:
@@ -486,24 +538,24 @@ func (s *Session) cmdMail(arg string) *Reply {
 			if prm.value != "" {
 				return reply(501, "5.5.4", "Error: SMTPUTF8 takes no value")
 			}
-			tx.utf8 = true
+			e.utf8 = true
 		default:
 			return reply(555, "5.5.4", "Error: unsupported MAIL parameter %s", prm.key)
 		}
 	}
-	if p.utf8 && !tx.utf8 {
+	if p.utf8 && !e.utf8 {
 		return reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
 	}
-	if tx.size > s.cfg.MaxMessageSize {
+	if e.size > s.cfg.MaxMessageSize {
 		return replyMessageTooBig
 	}
-	s.tx = tx
+	s.tx = newTransaction(e)
 	s.phase = phaseMail
 	return reply(250, "2.1.0", "Ok")
 }
 
 // RCPT (RFC 5321 §4.1.1.3): route the recipient, open or reuse the
-// upstream, replay MAIL there, then relay the upstream's verdict.
+// upstream transaction for its route, then relay the upstream's verdict.
 func (s *Session) cmdRcpt(arg string) *Reply {
 	p, r := parsePathArg(arg, "TO:", false)
 	if r != nil {
@@ -512,44 +564,49 @@ func (s *Session) cmdRcpt(arg string) *Reply {
 	if len(p.params) > 0 {
 		return reply(555, "5.5.4", "Error: unsupported RCPT parameter %s", p.params[0].key)
 	}
-	s.tx.attempted++
-	if p.utf8 && !s.tx.utf8 {
+	r = s.addRecipient(p)
+	s.tx.answered(p.addr, r)
+	if r.Code/100 != 2 {
+		s.log.Info("recipient refused", "rcpt", p.addr, "reply", r.Error())
+	}
+	return r
+}
+
+// addRecipient decides one recipient's reply.
+func (s *Session) addRecipient(p pathArg) *Reply {
+	tx := s.tx
+	if tx.void != nil {
+		return tx.void
+	}
+	if p.utf8 && !tx.utf8 {
 		return reply(553, "5.6.7", "Error: non-ASCII address needs SMTPUTF8")
 	}
-	if len(s.tx.rcpts) >= s.cfg.MaxRecipients {
+	if tx.accepted() >= s.cfg.MaxRecipients {
 		return replyTooManyRcpts
 	}
 	route, r := s.route(p.addr)
 	if r != nil {
 		return r
 	}
-	if s.tx.bound && route.ID() != s.tx.route.ID() {
-		s.log.Info("recipient deferred to a new transaction", "rcpt", p.addr, "upstream", route.ID(), "transaction_upstream", s.tx.route.ID())
-		return replyOtherUpstream
-	}
-	if !s.tx.bound {
-		if r := s.openTransaction(route); r != nil {
+	l := tx.legFor(route.ID())
+	if l == nil {
+		if len(tx.legs) > 0 && s.cfg.SplitRecipients != splitFanout {
+			s.log.Info("recipient deferred to a new transaction", "rcpt", p.addr, "upstream", route.ID(), "transaction_upstream", tx.legs[0].up.routeID)
+			return replyOtherUpstream
+		}
+		if l, r = s.openLeg(route); r != nil {
 			return r
 		}
 	}
-	if p.utf8 && !s.up.has("SMTPUTF8") {
+	if p.utf8 && !l.up.has("SMTPUTF8") {
 		return reply(553, "5.6.7", "Error: the upstream for this recipient does not support SMTPUTF8")
 	}
-	rep, err := s.up.cmd("RCPT TO:<" + p.addr + ">")
+	rep, err := l.up.rcpt(p.addr)
 	if err != nil {
-		return s.upstreamLost(err)
-	}
-	rep = s.up.relay(rep, true)
-	if rep.Code/100 == 3 {
-		s.up.close()
-		rep = replyUpstreamProtocol
-	}
-	if s.up.broken {
-		s.upstreamGone()
-		return rep
+		return tx.lose(l, faultReply(err))
 	}
 	if rep.Code/100 == 2 {
-		s.tx.rcpts = append(s.tx.rcpts, p.addr)
+		l.accepted = append(l.accepted, p.addr)
 		s.phase = phaseRcpt
 	}
 	return rep
@@ -575,7 +632,6 @@ func (s *Session) route(addr string) (Route, *Reply) {
 		s.log.Debug("routed", "rcpt", addr, "upstream", route.ID(), "mapping", route.Mapping, "key", route.Key)
 		return route, nil
 	case errors.Is(err, errNoRoute):
-		s.log.Info("no route", "rcpt", addr)
 		return Route{}, reply(550, "5.7.1", "<%s>: Relay access denied", addr)
 	case errors.As(err, &be):
 		s.log.Error("mapping returned a bad server", "err", err)
@@ -591,70 +647,84 @@ func (s *Session) route(addr string) (Route, *Reply) {
 // lookupTimeout bounds one recipient's walk through the chain.
 const lookupTimeout = 10 * time.Second
 
-// openTransaction binds the transaction to route: reuse the open upstream
-// when it serves the same route, else dial; then replay MAIL there.
-func (s *Session) openTransaction(route Route) *Reply {
-	if s.up != nil && (s.up.broken || s.up.routeID != route.ID()) {
-		s.dropUpstream()
-	}
-	for attempt := 0; ; attempt++ {
-		reused := s.up != nil
+// openLeg opens the transaction's upstream transaction for route: MAIL on
+// a kept connection to that route, else on a new one.
+func (s *Session) openLeg(route Route) (*leg, *Reply) {
+	u := s.takeIdle(route.ID())
+	for {
+		reused := u != nil
 		if !reused {
-			u, r := s.dialUpstream(s.ctx, route)
-			if r != nil {
-				return r
+			var r *Reply
+			if u, r = s.connect(route); r != nil {
+				return nil, r
 			}
-			s.up = u
 		}
-		r := s.upstreamMail()
-		if r == nil {
-			s.tx.route, s.tx.bound = route, true
-			return nil
-		}
-		if s.up.broken {
-			s.dropUpstream()
-			if reused && attempt == 0 {
+		rep, err := u.mail(s.tx.envelope)
+		if err != nil {
+			if reused {
+				u = nil
 				continue // the kept connection died while idle: one fresh try
 			}
+			return nil, faultReply(err)
 		}
-		return r
+		if rep.Code/100 != 2 {
+			s.idle = append(s.idle, u)
+			return nil, relayReply(rep, false)
+		}
+		l := &leg{up: u}
+		s.tx.legs = append(s.tx.legs, l)
+		return l, nil
 	}
 }
 
-// upstreamMail sends MAIL FROM with the client's parameters the upstream
-// supports, or refuses when the transaction needs an extension it lacks.
-func (s *Session) upstreamMail() *Reply {
-	u := s.up
-	if s.tx.body == "8BITMIME" && !u.has("8BITMIME") {
-		return reply(554, "5.6.3", "Error: the upstream for this recipient does not accept 8-bit MIME")
+// takeIdle returns the kept connection to routeID, letting go of the
+// others: a session holds at most one idle connection per transaction leg.
+func (s *Session) takeIdle(routeID string) *upstream {
+	var found *upstream
+	for _, u := range s.idle {
+		if found == nil && u.routeID == routeID && u.usable() {
+			found = u
+			continue
+		}
+		u.end()
 	}
-	if (s.tx.utf8 && hasNonASCII(s.tx.from)) && !u.has("SMTPUTF8") {
-		return reply(553, "5.6.7", "Error: the upstream for this recipient does not support SMTPUTF8")
+	s.idle = s.idle[:0]
+	return found
+}
+
+// connect opens a connection to the route's upstream, handing it what it
+// needs to know.
+func (s *Session) connect(route Route) (*upstream, *Reply) {
+	for _, srv := range route.Servers {
+		if s.isOwnAddress(srv) {
+			s.log.Error("route points at willi itself", "upstream", srv.String(), "mapping", route.Mapping, "key", route.Key)
+			return nil, replyRouteLoop
+		}
 	}
-	var b strings.Builder
-	b.WriteString("MAIL FROM:<" + s.tx.from + ">")
-	if s.tx.size > 0 && u.has("SIZE") {
-		b.WriteString(" SIZE=" + strconv.FormatInt(s.tx.size, 10))
+	return openUpstream(s.ctx, route, upstreamParams{
+		hostname: s.cfg.Hostname,
+		client: clientFacts{ip: s.clientIP, port: s.clientPort, local: s.localAddr,
+			helo: s.helo, esmtp: s.esmtp, tls: s.tlsInfo != "", name: s.name},
+		connectTimeout: s.cfg.UpstreamConnectTimeout.Duration,
+		commandTimeout: s.cfg.UpstreamCommandTimeout.Duration,
+		dataTimeout:    s.cfg.UpstreamDataTimeout.Duration,
+		policy:         s.cfg.upstreamPolicy,
+		dial:           s.dial,
+		log:            s.log,
+		debug:          s.debug,
+	})
+}
+
+// isOwnAddress reports a server that is the address the client connected to.
+func (s *Session) isOwnAddress(srv Server) bool {
+	la, ok := s.localAddr.(*net.TCPAddr)
+	if !ok || la.Port != srv.Port {
+		return false
 	}
-	if s.tx.body != "" && u.has("8BITMIME") {
-		b.WriteString(" BODY=" + s.tx.body)
+	if ip := net.ParseIP(srv.Host); ip != nil {
+		return ip.Equal(la.IP) || la.IP.IsUnspecified()
 	}
-	if s.tx.utf8 && u.has("SMTPUTF8") {
-		b.WriteString(" SMTPUTF8")
-	}
-	r, err := u.cmd(b.String())
-	if err != nil {
-		return u.failure(err)
-	}
-	if r.Code/100 == 2 {
-		u.inTx = true
-		return nil
-	}
-	if r.Code/100 == 3 {
-		u.close()
-		return replyUpstreamProtocol
-	}
-	return u.relay(r, false)
+	return strings.EqualFold(srv.Host, s.cfg.Hostname)
 }
 
 func hasNonASCII(s string) bool {
@@ -666,65 +736,58 @@ func hasNonASCII(s string) bool {
 	return false
 }
 
-// upstreamLost answers a recipient whose upstream failed mid-command. The
-// transaction's recipients so far went nowhere; the client starts over.
-func (s *Session) upstreamLost(err error) *Reply {
-	r := s.up.failure(err)
-	s.upstreamGone()
-	return r
-}
-
-// upstreamGone unbinds the transaction from an upstream that was lost: the
-// recipients it had accepted are void, so DATA cannot be answered with a
-// 250 for them.
-func (s *Session) upstreamGone() {
-	s.dropUpstream()
-	s.tx.rcpts, s.tx.bound = nil, false
-	if s.phase == phaseRcpt {
-		s.phase = phaseMail
-	}
-}
-
-// dropUpstream ends the upstream connection (politely if it is usable).
-func (s *Session) dropUpstream() {
-	if s.up != nil {
-		s.up.quit()
-		s.up = nil
-	}
-}
-
-// resetTx clears the transaction; an upstream in a transaction gets RSET
-// (and is dropped if that fails).
+// resetTx ends the transaction (RSET, the end of data): its log line if
+// none was written yet, RSET for its upstream transactions, whose
+// connections are kept for the next one.
 func (s *Session) resetTx() {
-	s.logAbandoned()
-	if s.up != nil && s.up.inTx {
-		r, err := s.up.cmd("RSET")
-		if err != nil || r.Code != 250 {
-			s.up.close()
-			s.up = nil
-		} else {
-			s.up.inTx = false
+	s.endTx(func(u *upstream) {
+		u.reset()
+		if u.usable() {
+			s.idle = append(s.idle, u)
 		}
+	})
+}
+
+// dropTx ends the transaction and its upstream connections (a new
+// greeting, STARTTLS, the end of the session).
+func (s *Session) dropTx() {
+	s.endTx((*upstream).end)
+}
+
+// endTx logs a transaction that ends without a verdict and hands each
+// leg's upstream to done.
+func (s *Session) endTx(done func(*upstream)) {
+	if s.tx == nil {
+		return
 	}
-	s.tx = transaction{}
+	if !s.tx.logged {
+		result := "abandoned"
+		if s.tx.void != nil {
+			result = "void: " + s.tx.void.Error()
+		}
+		s.logTx(result, 0)
+	}
+	for _, l := range s.tx.legs {
+		done(l.up)
+	}
+	s.tx = nil
 	if s.phase > phaseReady {
 		s.phase = phaseReady
 	}
 }
 
-// logAbandoned writes the log line of a transaction that ends without
-// DATA (RSET, a new greeting, QUIT, the client gone), so that every
-// transaction has one.
-func (s *Session) logAbandoned() {
-	if s.tx.fromSet && !s.tx.logged {
-		s.logTx(nil, 0, "abandoned")
+// endUpstreams lets go of every kept upstream connection.
+func (s *Session) endUpstreams() {
+	for _, u := range s.idle {
+		u.end()
 	}
+	s.idle = nil
 }
 
 // resetSession forgets everything after STARTTLS (RFC 3207 §4.2).
 func (s *Session) resetSession() {
-	s.resetTx()
-	s.dropUpstream()
+	s.dropTx()
+	s.endUpstreams()
 	s.helo, s.esmtp, s.phase = "", false, phaseGreet
 }
 
@@ -772,14 +835,12 @@ func (s *Session) clientString() string {
 	return net.JoinHostPort(s.clientIP.String(), strconv.Itoa(s.clientPort))
 }
 
-// finish ends the session: the upstream gets QUIT (or was already closed),
-// the client connection is closed, and the session's line is logged.
+// finish ends the session: the upstreams get QUIT (one inside DATA is
+// closed without an end of data), the client connection is closed, and the
+// session's line is logged.
 func (s *Session) finish() {
-	s.logAbandoned()
-	if s.up != nil && s.up.inData {
-		s.up.close() // a message never completed: no end of data, no QUIT
-	}
-	s.dropUpstream()
+	s.dropTx()
+	s.endUpstreams()
 	if s.chain != nil {
 		s.chain.Close()
 	}

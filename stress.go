@@ -34,7 +34,7 @@ func parseStressTimeout(v string) time.Duration {
 // transaction has started.
 func (s *Session) commandTimeout() time.Duration {
 	d := s.cfg.CommandTimeout.Duration
-	if stressTimeout > 0 && stressTimeout < d && !s.tx.fromSet {
+	if stressTimeout > 0 && stressTimeout < d && s.tx == nil {
 		return stressTimeout
 	}
 	return d

@@ -30,11 +30,11 @@ func TestStressTimeout(t *testing.T) {
 	if got := s.commandTimeout(); got != 10*time.Second {
 		t.Errorf("stress before MAIL: %v, want 10s", got)
 	}
-	s.tx.fromSet = true
+	s.tx = &transaction{}
 	if got := s.commandTimeout(); got != 5*time.Minute {
 		t.Errorf("stress in a transaction: %v, want command_timeout", got)
 	}
-	s.tx.fromSet = false
+	s.tx = nil
 	s.cfg.CommandTimeout.Duration = 3 * time.Second
 	if got := s.commandTimeout(); got != 3*time.Second {
 		t.Errorf("command_timeout shorter than the stress timeout: %v, want 3s", got)

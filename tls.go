@@ -78,7 +78,7 @@ func (u *upstream) startTLS() *Reply {
 	want := false
 	switch u.policy.StartTLS {
 	case tlsMirror:
-		want = u.s.tlsInfo != ""
+		want = u.p.client.tls
 	case tlsOpportunistic, tlsRequired:
 		want = true
 	}
@@ -87,25 +87,24 @@ func (u *upstream) startTLS() *Reply {
 	}
 	if !u.has("STARTTLS") {
 		if u.policy.StartTLS == tlsRequired {
-			u.close()
-			u.s.log.Warn("upstream does not offer STARTTLS", "upstream", u.server.String(), "starttls", u.policy.StartTLS)
+			u.p.log.Warn("upstream does not offer STARTTLS", "upstream", u.server.String(), "starttls", u.policy.StartTLS)
 			return replyUpstreamNoTLS
 		}
-		u.s.log.Info("upstream does not offer STARTTLS, continuing in plaintext", "upstream", u.server.String(), "starttls", u.policy.StartTLS)
+		u.p.log.Info("upstream does not offer STARTTLS, continuing in plaintext", "upstream", u.server.String(), "starttls", u.policy.StartTLS)
 		return nil
 	}
 	r, err := u.cmd("STARTTLS")
 	if err != nil {
 		// Includes bytes injected after the 220 (response injection).
-		return u.failureTLS(err)
+		u.fault("STARTTLS", err)
+		return replyUpstreamTLS
 	}
 	if r.Code != 220 {
 		if u.policy.StartTLS == tlsRequired {
-			u.close()
-			u.s.log.Warn("upstream refused STARTTLS", "upstream", u.server.String(), "reply", r.Error())
+			u.p.log.Warn("upstream refused STARTTLS", "upstream", u.server.String(), "reply", r.Error())
 			return replyUpstreamTLS
 		}
-		u.s.log.Info("upstream refused STARTTLS, continuing in plaintext", "upstream", u.server.String(), "reply", r.Error())
+		u.p.log.Info("upstream refused STARTTLS, continuing in plaintext", "upstream", u.server.String(), "reply", r.Error())
 		return nil
 	}
 	conf := &tls.Config{
@@ -114,10 +113,9 @@ func (u *upstream) startTLS() *Reply {
 		MinVersion:         tls.VersionTLS12,
 	}
 	tc := tls.Client(u.conn, conf)
-	tc.SetDeadline(time.Now().Add(u.s.cfg.UpstreamCommandTimeout.Duration))
+	tc.SetDeadline(time.Now().Add(u.p.commandTimeout))
 	if err := tc.Handshake(); err != nil {
-		u.close()
-		u.s.log.Warn("upstream TLS handshake failed", "upstream", u.server.String(), "err", err)
+		u.fault("TLS handshake", err)
 		return replyUpstreamTLS
 	}
 	tc.SetDeadline(time.Time{})
@@ -125,11 +123,5 @@ func (u *upstream) startTLS() *Reply {
 	u.r = bufio.NewReaderSize(tc, 4096)
 	u.tls = tlsSummary(tc.ConnectionState())
 	// RFC 3207 §4.2: the pre-TLS capabilities are void; ask again.
-	return u.regreet(u.s.cfg.Hostname, true)
-}
-
-func (u *upstream) failureTLS(err error) *Reply {
-	u.close()
-	u.s.log.Warn("upstream STARTTLS failed", "upstream", u.server.String(), "err", err)
-	return replyUpstreamTLS
+	return u.regreet(u.p.hostname, true)
 }

@@ -3,172 +3,165 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 )
 
-// upstream is willi's connection to the server a transaction was routed to.
-// Every line it sends is built by willi from parsed fields; nothing the
-// client typed goes through raw.
+// clientFacts is what an upstream may be told about the client: its address
+// (XCLIENT, PROXY header) and its greeting and TLS use.
+type clientFacts struct {
+	ip    net.IP
+	port  int
+	local net.Addr // the address the client connected to
+	helo  string
+	esmtp bool
+	tls   bool          // the client's session is in TLS
+	name  func() string // forward-confirmed DNS name, looked up when first needed
+}
+
+// upstreamParams is everything an upstream connection needs from the
+// session that opens it; it reaches back into nothing else.
+type upstreamParams struct {
+	hostname       string // willi's own name, for EHLO
+	client         clientFacts
+	connectTimeout time.Duration
+	commandTimeout time.Duration
+	dataTimeout    time.Duration // the wait for the verdict on a message
+	policy         func(Server) UpstreamConfig
+	dial           func(ctx context.Context, network, addr string) (net.Conn, error)
+	log            *slog.Logger
+	debug          bool
+}
+
+// upstreamState is where an upstream connection stands.
+type upstreamState int
+
+const (
+	upReady  upstreamState = iota // greeted, no transaction open
+	upMail                        // MAIL accepted: a transaction is open
+	upData                        // after its 354: only data and an end of data may follow
+	upClosed                      // the connection is gone
+)
+
+// upstream is willi's client connection to one server a recipient was
+// routed to. Every line it sends is built by willi from parsed fields;
+// nothing the client typed goes through raw. It ends one way, end(); a
+// fault (no usable reply, a 421) closes it at once and is returned as an
+// error whose client reply faultReply gives.
 type upstream struct {
-	s       *Session
+	p       upstreamParams
+	policy  UpstreamConfig
 	conn    net.Conn
 	r       *bufio.Reader
 	server  Server
 	routeID string
-	policy  UpstreamConfig
 	ext     map[string]string // EHLO keywords (upper case) and their parameters
 	tls     string            // "" for plaintext, else version and cipher
 	xclient string            // what became of the client address hand-over
-	inTx    bool              // MAIL accepted: a transaction is open
-	inData  bool              // after its 354: only an end of data may follow
-	broken  bool              // the connection is unusable and closed
+	state   upstreamState
+	stop    func() bool // releases the session-end hook on conn
 }
 
-// Limits on what an upstream can make us read (security rule 6).
-const (
-	maxUpstreamLine  = 512
-	maxUpstreamLines = 100
-)
+// openUpstream connects to the first server of the route that answers with
+// a 2xx banner and completes EHLO, STARTTLS and XCLIENT per policy. A server
+// that cannot be reached or greets with anything but 220 is skipped; a
+// refusal of willi's greeting or a failed set-up ends the attempt.
+func openUpstream(ctx context.Context, route Route, p upstreamParams) (*upstream, *Reply) {
+	var last *Reply
+	for _, srv := range route.Servers {
+		u, rep, next := dialServer(ctx, srv, p)
+		if rep == nil {
+			u.routeID = route.ID()
+			return u, nil
+		}
+		last = rep
+		if !next {
+			break
+		}
+	}
+	if last == nil {
+		last = replyUpstreamDown
+	}
+	return nil, last
+}
 
-// errUpstreamProtocol is a reply that breaks RFC 5321, or unsolicited bytes.
-var errUpstreamProtocol = errors.New("upstream protocol violation")
+// dialServer connects to one server and sets the session up. next reports
+// a failure after which the route's next server is worth trying.
+func dialServer(ctx context.Context, srv Server, p upstreamParams) (u *upstream, rep *Reply, next bool) {
+	dctx, cancel := context.WithTimeout(ctx, p.connectTimeout)
+	defer cancel()
+	conn, err := p.dial(dctx, "tcp", srv.String())
+	if err != nil {
+		p.log.Warn("upstream connect failed", "upstream", srv.String(), "err", err)
+		return nil, replyUpstreamDown, true
+	}
+	// The session's end (a signal) interrupts whatever the connection
+	// waits for.
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	u = &upstream{p: p, policy: p.policy(srv), conn: conn, r: bufio.NewReaderSize(conn, 4096), server: srv, xclient: "off", stop: stop}
+	if k := u.policy.ClientAddress; k == addrProxyV1 || k == addrProxyV2 {
+		conn.SetWriteDeadline(time.Now().Add(p.commandTimeout))
+		if err := writeProxyHeader(conn, k, p.client); err != nil {
+			u.drop()
+			p.log.Warn("upstream PROXY header failed", "upstream", srv.String(), "err", err)
+			return nil, replyUpstreamDown, true
+		}
+		u.xclient = k
+	}
+	banner, err := u.readReply(p.connectTimeout)
+	if err != nil {
+		u.drop()
+		p.log.Warn("upstream banner failed", "upstream", srv.String(), "err", err)
+		return nil, replyUpstreamDown, true
+	}
+	if banner.Code != 220 {
+		u.drop()
+		p.log.Warn("upstream refused the connection", "upstream", srv.String(), "reply", banner.Error())
+		return nil, replyUpstreamDown, true
+	}
+	if rep := u.setup(); rep != nil {
+		u.drop()
+		return nil, rep, false
+	}
+	return u, nil, false
+}
 
-// readReply reads one reply, strictly: 3 digits (2-5 first), '-' or ' ' or
-// end of line, the same code on every line, bounded line length and count.
+// setup runs EHLO, STARTTLS per policy and XCLIENT per policy.
+func (u *upstream) setup() *Reply {
+	r, err := u.greet(u.p.hostname, true)
+	if err != nil {
+		return u.fault("EHLO", err)
+	}
+	if r.Code != 250 {
+		u.p.log.Warn("upstream refused EHLO and HELO", "upstream", u.server.String(), "reply", r.Error())
+		if r.Code/100 == 5 {
+			return r // a refusal of willi itself: the client learns why
+		}
+		return replyUpstreamDown
+	}
+	if rep := u.startTLS(); rep != nil {
+		return rep
+	}
+	if u.policy.ClientAddress == addrXCLIENT {
+		return u.sendXCLIENT()
+	}
+	return nil
+}
+
+// readReply reads one reply within timeout; bytes left over after it,
+// when nothing else was asked, are unsolicited.
 func (u *upstream) readReply(timeout time.Duration) (*Reply, error) {
 	u.conn.SetReadDeadline(time.Now().Add(timeout))
-	r, err := readReply(u.r)
-	if err != nil {
-		return nil, err
+	var seen func(string)
+	if u.p.debug {
+		seen = func(l string) { u.p.log.Debug("u<", "line", l) }
 	}
-	if u.s.debug {
-		for _, l := range r.Text {
-			u.s.log.Debug("u<", "line", fmt.Sprintf("%d %s %s", r.Code, r.Enh, l))
-		}
-	}
-	return r, nil
-}
-
-// readReply parses one reply from r. The enhanced status code is split off
-// when every line carries the same one of the reply's class.
-func readReply(br *bufio.Reader) (*Reply, error) {
-	rep := &Reply{}
-	var lines []string
-	for n := 0; ; n++ {
-		if n == maxUpstreamLines {
-			return nil, fmt.Errorf("%w: more than %d reply lines", errUpstreamProtocol, maxUpstreamLines)
-		}
-		line, err := br.ReadSlice('\n')
-		if err == bufio.ErrBufferFull || len(line) > maxUpstreamLine {
-			return nil, fmt.Errorf("%w: reply line too long", errUpstreamProtocol)
-		}
-		if err != nil {
-			if err == io.EOF && len(line) == 0 {
-				return nil, io.ErrUnexpectedEOF
-			}
-			return nil, err
-		}
-		l := strings.TrimSuffix(strings.TrimSuffix(string(line), "\n"), "\r")
-		if len(l) < 3 || l[0] < '2' || l[0] > '5' || !isDigit(l[1]) || !isDigit(l[2]) || len(l) > 3 && l[3] != ' ' && l[3] != '-' {
-			return nil, fmt.Errorf("%w: bad reply line %.40q", errUpstreamProtocol, l)
-		}
-		code, _ := strconv.Atoi(l[:3])
-		if n == 0 {
-			rep.Code = code
-		} else if code != rep.Code {
-			return nil, fmt.Errorf("%w: reply code changed within a reply", errUpstreamProtocol)
-		}
-		text := ""
-		if len(l) > 4 {
-			text = l[4:]
-		}
-		lines = append(lines, text)
-		if len(l) == 3 || l[3] == ' ' {
-			break
-		}
-	}
-	rep.Text = lines
-	splitEnhanced(rep)
-	return rep, nil
-}
-
-func isDigit(c byte) bool { return c >= '0' && c <= '9' }
-
-// splitEnhanced moves an enhanced status code present on every line into
-// rep.Enh. A reply without one keeps its text, and Enh gets the class's
-// generic code so that our client still sees one (RFC 2034).
-func splitEnhanced(rep *Reply) {
-	class := byte('0' + rep.Code/100)
-	enh := ""
-	for i, l := range rep.Text {
-		e, rest, _ := strings.Cut(l, " ")
-		if !isEnhanced(e) || e[0] != class || i > 0 && e != enh {
-			enh = ""
-			break
-		}
-		enh = e
-		_ = rest
-	}
-	if enh == "" {
-		if rep.Code/100 != 3 {
-			rep.Enh = string(class) + ".0.0"
-		}
-		return
-	}
-	for i, l := range rep.Text {
-		_, rest, _ := strings.Cut(l, " ")
-		rep.Text[i] = rest
-	}
-	rep.Enh = enh
-}
-
-// isEnhanced: class "." subject "." detail, RFC 3463.
-func isEnhanced(s string) bool {
-	parts := strings.Split(s, ".")
-	if len(parts) != 3 || len(parts[0]) != 1 || parts[0][0] < '2' || parts[0][0] > '5' {
-		return false
-	}
-	for _, p := range parts[1:] {
-		if len(p) < 1 || len(p) > 3 {
-			return false
-		}
-		for i := 0; i < len(p); i++ {
-			if !isDigit(p[i]) {
-				return false
-			}
-		}
-	}
-	return true
-}
-
-// send writes one command line built by willi.
-func (u *upstream) send(line string) error {
-	if u.s.debug {
-		u.s.log.Debug("u>", "line", line)
-	}
-	u.conn.SetWriteDeadline(time.Now().Add(u.s.cfg.UpstreamCommandTimeout.Duration))
-	_, err := io.WriteString(u.conn, line+"\r\n")
-	return err
-}
-
-// cmd sends a command and reads its reply. Bytes left over after the reply,
-// when nothing else was asked, are unsolicited: the upstream is dropped.
-func (u *upstream) cmd(line string) (*Reply, error) {
-	if err := u.send(line); err != nil {
-		return nil, err
-	}
-	return u.reply(u.s.cfg.UpstreamCommandTimeout.Duration)
-}
-
-func (u *upstream) reply(timeout time.Duration) (*Reply, error) {
-	r, err := u.readReply(timeout)
+	r, err := readReply(u.r, seen)
 	if err != nil {
 		return nil, err
 	}
@@ -178,31 +171,75 @@ func (u *upstream) reply(timeout time.Duration) (*Reply, error) {
 	return r, nil
 }
 
-// close drops the connection without a word: used on every abort, so an
-// upstream in DATA never sees an end of data.
-func (u *upstream) close() {
-	if !u.broken {
-		u.broken = true
+// send writes one command line built by willi.
+func (u *upstream) send(line string) error {
+	if u.p.debug {
+		u.p.log.Debug("u>", "line", line)
+	}
+	u.conn.SetWriteDeadline(time.Now().Add(u.p.commandTimeout))
+	_, err := io.WriteString(u.conn, line+"\r\n")
+	return err
+}
+
+// cmd sends a command and reads its reply. An error means the connection
+// is gone (closed here): no usable reply, or a 421, which comes back as the
+// client's reply to give.
+func (u *upstream) cmd(line string) (*Reply, error) {
+	if u.state == upClosed {
+		return nil, errUpstreamClosing
+	}
+	if err := u.send(line); err != nil {
+		return nil, u.lose(err)
+	}
+	r, err := u.readReply(u.p.commandTimeout)
+	if err != nil {
+		return nil, u.lose(err)
+	}
+	if r.Code == 421 {
+		return nil, u.lose(relayReply(r, false))
+	}
+	return r, nil
+}
+
+// lose closes a connection that failed and returns why.
+func (u *upstream) lose(err error) error {
+	u.drop()
+	u.p.log.Warn("upstream lost", "upstream", u.server.String(), "err", err)
+	return err
+}
+
+// fault closes the connection for err, logs it as a failure at step, and
+// returns the client's reply for it.
+func (u *upstream) fault(step string, err error) *Reply {
+	u.drop()
+	u.p.log.Warn("upstream failure", "upstream", u.server.String(), "step", step, "err", err)
+	return faultReply(err)
+}
+
+// drop closes the connection without a word: an upstream in DATA thus never
+// sees an end of data.
+func (u *upstream) drop() {
+	if u.state != upClosed {
+		u.state = upClosed
+		u.stop()
 		u.conn.Close()
 	}
 }
 
-// quit ends the connection politely, not waiting long for the reply.
-func (u *upstream) quit() {
-	if u.broken {
-		return
+// end is the one way a session lets go of an upstream: QUIT when it can be
+// said (not waiting long for the reply), a bare close inside DATA, so that
+// a message never completed is never accepted.
+func (u *upstream) end() {
+	if u.state == upReady || u.state == upMail {
+		if u.send("QUIT") == nil {
+			u.readReply(2 * time.Second)
+		}
 	}
-	if u.send("QUIT") == nil {
-		u.readReply(2 * time.Second)
-	}
-	u.close()
+	u.drop()
 }
 
-// ehlo greets and records the extensions; falls back to HELO if EHLO is
-// refused (RFC 5321 §3.2).
-func (u *upstream) ehlo() (*Reply, error) {
-	return u.greet(u.s.cfg.Hostname, true)
-}
+// usable reports a connection that can take a new transaction.
+func (u *upstream) usable() bool { return u.state == upReady }
 
 // greet sends EHLO name (HELO when esmtp is false or EHLO is refused with
 // 5xx) and records the extensions the upstream offers.
@@ -233,11 +270,10 @@ func (u *upstream) greet(name string, esmtp bool) (*Reply, error) {
 func (u *upstream) regreet(name string, esmtp bool) *Reply {
 	r, err := u.greet(name, esmtp)
 	if err != nil {
-		return u.failure(err)
+		return u.fault("EHLO", err)
 	}
 	if r.Code != 250 {
-		u.close()
-		return replyUpstreamProtocol
+		return u.fault("EHLO", fmt.Errorf("%w: greeting refused: %s", errUpstreamProtocol, r.Error()))
 	}
 	return nil
 }
@@ -247,128 +283,118 @@ func (u *upstream) has(ext string) bool {
 	return ok
 }
 
-// failure turns an upstream failure into the client's reply (the one place
-// that does so) and drops the connection when it can no longer be trusted.
-func (u *upstream) failure(err error) *Reply {
-	u.close()
-	var rep *Reply
+// envelope is what MAIL FROM carries.
+type envelope struct {
+	from string
+	utf8 bool   // SMTPUTF8 given
+	body string // BODY= value, upper case
+	size int64  // SIZE= value
+}
+
+// mail opens a transaction with the client's MAIL parameters the upstream
+// supports, or refuses when the transaction needs an extension it lacks.
+// The reply is the client's (relayed); err means the connection is gone.
+func (u *upstream) mail(e envelope) (*Reply, error) {
+	if e.body == "8BITMIME" && !u.has("8BITMIME") {
+		return reply(554, "5.6.3", "Error: the upstream for this recipient does not accept 8-bit MIME"), nil
+	}
+	if e.utf8 && hasNonASCII(e.from) && !u.has("SMTPUTF8") {
+		return reply(553, "5.6.7", "Error: the upstream for this recipient does not support SMTPUTF8"), nil
+	}
+	var b strings.Builder
+	b.WriteString("MAIL FROM:<" + e.from + ">")
+	if e.size > 0 && u.has("SIZE") {
+		b.WriteString(" SIZE=" + strconv.FormatInt(e.size, 10))
+	}
+	if e.body != "" && u.has("8BITMIME") {
+		b.WriteString(" BODY=" + e.body)
+	}
+	if e.utf8 && u.has("SMTPUTF8") {
+		b.WriteString(" SMTPUTF8")
+	}
+	r, err := u.cmd(b.String())
+	if err != nil {
+		return nil, err
+	}
+	switch r.Code / 100 {
+	case 2:
+		u.state = upMail
+	case 3:
+		return nil, u.lose(fmt.Errorf("%w: %d to MAIL", errUpstreamProtocol, r.Code))
+	}
+	return r, nil
+}
+
+// rcpt adds a recipient; the reply is the client's (relayed).
+func (u *upstream) rcpt(addr string) (*Reply, error) {
+	r, err := u.cmd("RCPT TO:<" + addr + ">")
+	if err != nil {
+		return nil, err
+	}
+	if r.Code/100 == 3 {
+		return nil, u.lose(fmt.Errorf("%w: %d to RCPT", errUpstreamProtocol, r.Code))
+	}
+	return relayReply(r, true), nil
+}
+
+// data asks for the go-ahead; a nil reply means 354 was received.
+func (u *upstream) data() (*Reply, error) {
+	r, err := u.cmd("DATA")
+	if err != nil {
+		return nil, err
+	}
 	switch {
-	case errors.Is(err, errUpstreamProtocol):
-		rep = replyUpstreamProtocol
-	case errors.Is(err, os.ErrDeadlineExceeded):
-		rep = replyUpstreamTimeout
-	default:
-		rep = replyUpstreamLost
+	case r.Code == 354:
+		u.state = upData
+		return nil, nil
+	case r.Positive():
+		return nil, u.lose(fmt.Errorf("%w: %d to DATA", errUpstreamProtocol, r.Code))
 	}
-	u.s.log.Warn("upstream failure", "upstream", u.server.String(), "err", err)
-	return rep
+	return relayReply(r, false), nil
 }
 
-// relay turns an upstream's reply to a command into the client's reply:
-// code, enhanced code and text as the upstream wrote them, except that a 421
-// becomes 451 (the client's session goes on; the upstream's is over) and 552
-// to RCPT becomes 452 (RFC 5321 §4.5.3.1.10).
-func (u *upstream) relay(r *Reply, rcpt bool) *Reply {
-	switch {
-	case r.Code == 421:
-		u.close()
-		return r.withCode(451)
-	case rcpt && r.Code == 552:
-		return r.withCode(452)
-	}
-	return r
-}
-
-// dialUpstream connects to the first server of the route that answers with
-// a 2xx banner and completes EHLO, STARTTLS and XCLIENT per policy.
-func (s *Session) dialUpstream(ctx context.Context, route Route) (*upstream, *Reply) {
-	var last *Reply
-	for _, srv := range route.Servers {
-		if s.isOwnAddress(srv) {
-			s.log.Error("route points at willi itself", "upstream", srv.String(), "mapping", route.Mapping, "key", route.Key)
-			return nil, replyRouteLoop
-		}
-		u, rep := s.openServer(ctx, srv)
-		if rep == nil {
-			u.routeID = route.ID()
-			return u, nil
-		}
-		last = rep
-	}
-	if last == nil {
-		last = replyUpstreamDown
-	}
-	return nil, last
-}
-
-// openServer runs one server's connection setup. A connect failure, a
-// timeout or a non-2xx banner yields replyUpstreamDown so that the caller
-// tries the next server.
-func (s *Session) openServer(ctx context.Context, srv Server) (*upstream, *Reply) {
-	policy := s.cfg.upstreamPolicy(srv)
-	dctx, cancel := context.WithTimeout(ctx, s.cfg.UpstreamConnectTimeout.Duration)
-	defer cancel()
-	conn, err := s.dial(dctx, "tcp", srv.String())
-	if err != nil {
-		s.log.Warn("upstream connect failed", "upstream", srv.String(), "err", err)
-		return nil, replyUpstreamDown
-	}
-	u := &upstream{s: s, conn: conn, r: bufio.NewReaderSize(conn, 4096), server: srv, policy: policy, xclient: "off"}
-	if policy.ClientAddress == addrProxyV1 || policy.ClientAddress == addrProxyV2 {
-		if err := s.writeProxyHeader(conn, policy.ClientAddress); err != nil {
-			u.close()
-			s.log.Warn("upstream PROXY header failed", "upstream", srv.String(), "err", err)
-			return nil, replyUpstreamDown
-		}
-		u.xclient = policy.ClientAddress
-	}
-	banner, err := u.reply(s.cfg.UpstreamConnectTimeout.Duration)
-	if err != nil {
-		u.close()
-		s.log.Warn("upstream banner failed", "upstream", srv.String(), "err", err)
-		return nil, replyUpstreamDown
-	}
-	if banner.Code != 220 {
-		u.close()
-		s.log.Warn("upstream refused the connection", "upstream", srv.String(), "reply", banner.Error())
-		return nil, replyUpstreamDown
-	}
-	if rep := u.setup(); rep != nil {
-		return nil, rep
-	}
-	return u, nil
-}
-
-// setup runs EHLO, STARTTLS per policy and XCLIENT per policy.
-func (u *upstream) setup() *Reply {
-	r, err := u.ehlo()
-	if err != nil {
-		return u.failure(err)
-	}
-	if r.Code != 250 {
-		u.close()
-		u.s.log.Warn("upstream refused EHLO and HELO", "upstream", u.server.String(), "reply", r.Error())
-		return replyUpstreamDown
-	}
-	if rep := u.startTLS(); rep != nil {
-		return rep
-	}
-	if u.policy.ClientAddress == addrXCLIENT {
-		if rep := u.sendXCLIENT(); rep != nil {
-			return rep
-		}
+// write sends message octets, canonical and dot-stuffed already.
+func (u *upstream) write(p []byte) error {
+	u.conn.SetWriteDeadline(time.Now().Add(u.p.commandTimeout))
+	if _, err := u.conn.Write(p); err != nil {
+		return u.lose(err)
 	}
 	return nil
 }
 
-// isOwnAddress reports a server that is the address the client connected to.
-func (s *Session) isOwnAddress(srv Server) bool {
-	la, ok := s.localAddr.(*net.TCPAddr)
-	if !ok || la.Port != srv.Port {
-		return false
+// endData sends the end of data and waits for the verdict (RFC 5321
+// §4.5.3.2.6: up to 10 minutes); the transaction is over either way.
+func (u *upstream) endData() (*Reply, error) {
+	if err := u.write([]byte(".\r\n")); err != nil {
+		return nil, err
 	}
-	if ip := net.ParseIP(srv.Host); ip != nil {
-		return ip.Equal(la.IP) || la.IP.IsUnspecified()
+	r, err := u.readReply(u.p.dataTimeout)
+	if err != nil {
+		return nil, u.lose(err)
 	}
-	return strings.EqualFold(srv.Host, s.cfg.Hostname)
+	u.state = upReady
+	switch {
+	case r.Code == 421:
+		return nil, u.lose(relayReply(r, false))
+	case r.Code/100 == 3:
+		return nil, u.lose(fmt.Errorf("%w: %d to the end of data", errUpstreamProtocol, r.Code))
+	}
+	return relayReply(r, false), nil
+}
+
+// reset ends an open transaction with RSET; a connection that cannot is
+// let go.
+func (u *upstream) reset() {
+	if u.state == upReady {
+		return
+	}
+	if u.state == upData {
+		u.drop()
+		return
+	}
+	if r, err := u.cmd("RSET"); err != nil || r.Code != 250 {
+		u.end()
+		return
+	}
+	u.state = upReady
 }

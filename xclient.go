@@ -125,7 +125,7 @@ func isTempDNS(err error) bool {
 
 // xclientAttrs lists the attributes to send, NAME and ADDR last, each only
 // when the upstream advertised it.
-func (s *Session) xclientAttrs(offered map[string]bool) []string {
+func (c clientFacts) xclientAttrs(offered map[string]bool) []string {
 	var attrs []string
 	add := func(k, v string) {
 		if offered[k] {
@@ -133,26 +133,26 @@ func (s *Session) xclientAttrs(offered map[string]bool) []string {
 		}
 	}
 	if offered["HELO"] {
-		helo := s.helo
+		helo := c.helo
 		if helo == "" || len(xtextEncode(helo)) > maxXCLIENTValue {
 			helo = nameUnavailable
 		}
 		add("HELO", helo)
 	}
 	proto := "SMTP"
-	if s.esmtp {
+	if c.esmtp {
 		proto = "ESMTP"
 	}
 	add("PROTO", proto)
-	if s.clientPort > 0 {
-		add("PORT", strconv.Itoa(s.clientPort))
+	if c.port > 0 {
+		add("PORT", strconv.Itoa(c.port))
 	}
 	if offered["NAME"] {
-		add("NAME", s.name())
+		add("NAME", c.name())
 	}
 	if offered["ADDR"] {
 		addr := nameUnavailable
-		if ip := s.clientIP; ip != nil {
+		if ip := c.ip; ip != nil {
 			if ip4 := ip.To4(); ip4 != nil {
 				addr = ip4.String()
 			} else {
@@ -214,7 +214,7 @@ func (u *upstream) sendXCLIENT() *Reply {
 	for _, a := range strings.Fields(strings.ToUpper(params)) {
 		offered[a] = true
 	}
-	cmds := xclientCommands(u.s.xclientAttrs(offered))
+	cmds := xclientCommands(u.p.client.xclientAttrs(offered))
 	if len(cmds) == 0 {
 		u.xclient = "no-attributes"
 		return nil
@@ -222,13 +222,12 @@ func (u *upstream) sendXCLIENT() *Reply {
 	for _, c := range cmds {
 		r, err := u.cmd(c)
 		if err != nil {
-			return u.failure(err)
+			return u.fault("XCLIENT", err)
 		}
 		// Postfix answers 220 (a new greeting); smtp-sink answers 250.
 		if r.Code/100 != 2 {
-			u.close()
 			u.xclient = "refused"
-			u.s.log.Warn("upstream refused XCLIENT", "upstream", u.server.String(), "reply", r.Error())
+			u.p.log.Warn("upstream refused XCLIENT", "upstream", u.server.String(), "reply", r.Error())
 			return replyXCLIENTRefused
 		}
 	}
@@ -236,9 +235,9 @@ func (u *upstream) sendXCLIENT() *Reply {
 	// XCLIENT_README: the server answers as if a new client connected; the
 	// client greets again, with the client's own HELO name and verb, or the
 	// new greeting would replace the HELO and PROTO just sent.
-	name, esmtp := u.s.helo, u.s.esmtp
+	name, esmtp := u.p.client.helo, u.p.client.esmtp
 	if name == "" || len(name) > maxXCLIENTValue {
-		name, esmtp = u.s.cfg.Hostname, true
+		name, esmtp = u.p.hostname, true
 	}
 	return u.regreet(name, esmtp)
 }

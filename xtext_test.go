@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"net"
 	"strings"
 	"testing"
 )
@@ -128,11 +126,9 @@ func TestXCLIENTCommands(t *testing.T) {
 		"client.example.org", "a b", "x ADDR=127.0.0.1", "x\tNAME=localhost", "+3D", "[127.0.0.1]",
 		strings.Repeat("h", 85), strings.Repeat("h", 86), strings.Repeat("=", 85), strings.Repeat("=", 86), strings.Repeat("é", 200),
 	} {
-		s := &Session{helo: helo, esmtp: true, clientPort: 4321}
-		s.clientIP = []byte{192, 0, 2, 1}
-		s.lookupName = func(context.Context, net.IP) string { return "client.example.org" }
-		s.ctx = context.Background()
-		attrs := s.xclientAttrs(offered)
+		c := clientFacts{helo: helo, esmtp: true, port: 4321, ip: []byte{192, 0, 2, 1},
+			name: func() string { return "client.example.org" }}
+		attrs := c.xclientAttrs(offered)
 		seen := map[string]string{}
 		for _, a := range attrs {
 			k, v, ok := strings.Cut(a, "=")

@@ -1,6 +1,7 @@
 #!/bin/bash
-# The whole test suite: formatting and vet, unit, transcript and real-peer
-# tests, then every fuzz target for a short bounded time.
+# The whole test suite: formatting and vet, unit, transcript and in-process
+# tests, the black-box real-peer tests in test/, then every fuzz target (all
+# at the root) for a short bounded time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
@@ -12,7 +13,11 @@ if [ -n "$unformatted" ]; then
 fi
 go vet ./...
 
-go test -count=1 -timeout 30m ./...
+# The program's unit, transcript and in-process tests first: quick, and the
+# first to fail on a broken change. Then the black-box tests in test/, which
+# build the binary and run it against the real peers (the longest part).
+go test -count=1 -timeout 10m .
+go test -count=1 -timeout 30m ./test/...
 
 # A count, not a duration: with a duration, Go 1.26's fuzz coordinator can
 # fail a target with "context deadline exceeded" at the deadline though no

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Send one message with smtplib and print every reply as JSON.
 
-Used by willi's real-peer tests (pySMTP in harness_test.go). The single
+Used by willi's real-peer tests (pySMTP in test/harness_test.go). The single
 argument is a JSON object: server ("host:port"), source (local address to
 bind, optional), helo, starttls (bool), from, to (list), message_file,
 mail_options (list), timeout (seconds).

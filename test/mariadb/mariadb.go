@@ -1,4 +1,8 @@
-package main
+// Package mariadb runs a real MariaDB server for tests: a data directory made
+// by mariadb-install-db in a temporary folder, mariadbd on a free loopback
+// port, a real user with a password, the routes schema and rows. The mysql
+// mapping's in-process tests and the black-box tests in test/ share it.
+package mariadb
 
 import (
 	"context"
@@ -13,27 +17,27 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	_ "github.com/go-sql-driver/mysql" // the "mysql" database/sql driver
 )
 
-// A real MariaDB for the mysql mapping's tests: a data directory made by
-// mariadb-install-db in a temporary folder, mariadbd on a free loopback
-// port, a real user with a password, the routes schema and rows.
-
+// The user the tests' willi connects as, and its password.
 const (
-	mariaUser   = "willi"
-	mariaPasswd = "Rt7-pw_long-Secret-42"
+	User     = "willi"
+	Password = "Rt7-pw_long-Secret-42"
 )
 
-type mariaDB struct {
-	addr   string // 127.0.0.1:port
-	socket string
+// DB is a running server (or, with only Addr set, the address of one).
+type DB struct {
+	Addr   string    // 127.0.0.1:port
+	Socket string    // the Unix socket root connects on
 	stop   io.Closer // closing it stops mariadbd and removes its folder
 	done   chan struct{}
 }
 
 // DSN for the willi user, with extra DSN parameters.
-func (db *mariaDB) DSN(params string) string {
-	dsn := fmt.Sprintf("%s:%s@tcp(%s)/mail", mariaUser, mariaPasswd, db.addr)
+func (db *DB) DSN(params string) string {
+	dsn := fmt.Sprintf("%s:%s@tcp(%s)/mail", User, Password, db.Addr)
 	if params != "" {
 		dsn += "?" + params
 	}
@@ -41,27 +45,27 @@ func (db *mariaDB) DSN(params string) string {
 }
 
 var (
-	sharedMariaOnce sync.Once
-	sharedMaria     *mariaDB
-	sharedMariaErr  error
+	sharedOnce sync.Once
+	shared     *DB
+	sharedErr  error
 )
 
-// sharedMariaDB starts one server for the whole test run. It needs no
-// TestMain: the server's watchdog shell stops it and deletes its folder
-// when the test binary exits and its stdin pipe closes.
-func sharedMariaDB(t testing.TB) *mariaDB {
+// Shared starts one server for the whole test run. It needs no TestMain:
+// the server's watchdog shell stops it and deletes its folder when the test
+// binary exits and its stdin pipe closes.
+func Shared(t testing.TB) *DB {
 	t.Helper()
-	sharedMariaOnce.Do(func() { sharedMaria, sharedMariaErr = startMariaDB() })
-	if sharedMariaErr != nil {
-		t.Fatalf("MariaDB (Debian package mariadb-server) is needed: %v", sharedMariaErr)
+	sharedOnce.Do(func() { shared, sharedErr = Start() })
+	if sharedErr != nil {
+		t.Fatalf("MariaDB (Debian package mariadb-server) is needed: %v", sharedErr)
 	}
-	return sharedMaria
+	return shared
 }
 
-// ownMariaDB starts a server for one test (one that stops it).
-func ownMariaDB(t testing.TB) *mariaDB {
+// Own starts a server for one test (one that stops it).
+func Own(t testing.TB) *DB {
 	t.Helper()
-	db, err := startMariaDB()
+	db, err := Start()
 	if err != nil {
 		t.Fatalf("MariaDB (Debian package mariadb-server) is needed: %v", err)
 	}
@@ -69,8 +73,11 @@ func ownMariaDB(t testing.TB) *mariaDB {
 	return db
 }
 
+// Done is closed when the watchdog shell has exited.
+func (db *DB) Done() <-chan struct{} { return db.done }
+
 // Stop stops mariadbd and waits until it is gone.
-func (db *mariaDB) Stop() {
+func (db *DB) Stop() {
 	db.stop.Close()
 	select {
 	case <-db.done:
@@ -78,7 +85,9 @@ func (db *mariaDB) Stop() {
 	}
 }
 
-const mariaWatchdog = `
+// watchdog runs mariadbd until its stdin closes, then kills it and removes
+// its folder.
+const watchdog = `
 set -e
 dir=$1 port=$2
 mariadb-install-db --no-defaults --datadir="$dir/data" --user=root \
@@ -99,7 +108,24 @@ wait $pid 2>/dev/null || true
 rm -rf "$dir"
 `
 
-func startMariaDB() (*mariaDB, error) {
+// Watch starts cmd, a watchdog shell that runs a server on addr and socket
+// until its standard input closes; Stop closes it.
+func Watch(cmd *exec.Cmd, addr, socket string) (*DB, error) {
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	db := &DB{Addr: addr, Socket: socket, stop: stdin, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(db.done) }()
+	return db, nil
+}
+
+// Start starts a server with the willi user, the database mail and its
+// tables routes and loose.
+func Start() (*DB, error) {
 	for _, prog := range []string{"mariadb-install-db", "mariadbd"} {
 		if _, err := exec.LookPath(prog); err != nil {
 			return nil, err
@@ -116,21 +142,16 @@ func startMariaDB() (*mariaDB, error) {
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
 
-	cmd := exec.Command("sh", "-c", mariaWatchdog, "sh", dir, fmt.Sprint(port))
+	cmd := exec.Command("sh", "-c", watchdog, "sh", dir, fmt.Sprint(port))
 	cmd.Env = append(os.Environ(), "PATH="+os.Getenv("PATH")+":/usr/sbin:/sbin")
-	stdin, err := cmd.StdinPipe()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	db, err := Watch(cmd, fmt.Sprintf("127.0.0.1:%d", port), filepath.Join(dir, "sock"))
 	if err != nil {
 		return nil, err
 	}
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	db := &mariaDB{addr: fmt.Sprintf("127.0.0.1:%d", port), socket: filepath.Join(dir, "sock"), stop: stdin, done: make(chan struct{})}
-	go func() { cmd.Wait(); close(db.done) }()
 
-	root, err := sql.Open("mysql", "root@unix("+db.socket+")/")
+	root, err := sql.Open("mysql", "root@unix("+db.Socket+")/")
 	if err != nil {
 		db.Stop()
 		return nil, err
@@ -158,8 +179,8 @@ func startMariaDB() (*mariaDB, error) {
 	}
 	for _, q := range []string{
 		"CREATE DATABASE mail",
-		fmt.Sprintf("CREATE USER '%s'@'%%' IDENTIFIED BY '%s'", mariaUser, mariaPasswd),
-		fmt.Sprintf("GRANT SELECT ON mail.* TO '%s'@'%%'", mariaUser),
+		fmt.Sprintf("CREATE USER '%s'@'%%' IDENTIFIED BY '%s'", User, Password),
+		fmt.Sprintf("GRANT SELECT ON mail.* TO '%s'@'%%'", User),
 		"CREATE TABLE mail.routes (pattern VARCHAR(320) NOT NULL PRIMARY KEY, server VARCHAR(1024) NOT NULL)",
 		`INSERT INTO mail.routes VALUES
 			('alice@example.com', 'alice-mx.internal:2525'),

@@ -1,4 +1,4 @@
-package main
+package test
 
 // willi serve's own features, on the built binary: sessions never as root,
 // the stress timeout, and the listening socket passed by systemd.

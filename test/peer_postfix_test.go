@@ -1,4 +1,4 @@
-package main
+package test
 
 // Real-peer tests with a private Postfix instance as the upstream: its own
 // replies reach the client unchanged, good recipients land in the maildir.

@@ -1,4 +1,4 @@
-package main
+package test
 
 // STARTTLS when the connection is not one socket: willi with standard input
 // and output as two pipes (driven from the test with crypto/tls over a

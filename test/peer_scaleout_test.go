@@ -1,4 +1,4 @@
-package main
+package test
 
 // Real-peer tests for what goes beyond the other SMTP proxies (issue 8), on
 // top of peer_proxy_test.go (HAProxy send-proxy/send-proxy-v2 in front with
@@ -15,6 +15,8 @@ package main
 //     README's "Scaling out" configuration, both reading one MariaDB table.
 
 import (
+	"willi/test/mariadb"
+
 	"fmt"
 	"io"
 	"net"
@@ -477,7 +479,7 @@ query = %q
 func TestPeerScaleOut(t *testing.T) {
 	needRoot(t)
 	bin := buildWilli(t)
-	db := sharedMariaDB(t)
+	db := mariadb.Shared(t)
 	sinkA := pmStartSink(t, "A")
 	sinkB := pmStartSink(t, "B")
 	table := pmRoutesTable(t, db, [][2]string{

@@ -1,4 +1,4 @@
-package main
+package test
 
 // Real-peer tests of STARTTLS and XCLIENT against a private Postfix that
 // authorises XCLIENT from 127.0.0.1 (willi's source address) and offers

@@ -1,4 +1,4 @@
-package main
+package test
 
 // Checks of the real peers themselves, without willi: when these fail the
 // fault is in the test machine or the harness, not in willi.

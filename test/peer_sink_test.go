@@ -1,4 +1,4 @@
-package main
+package test
 
 // Real-peer tests with Postfix's smtp-sink as the upstream: willi under
 // systemd-socket-activate (inetd style and LISTEN_FDS), swaks and Python's

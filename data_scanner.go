@@ -48,6 +48,21 @@ func newDataScanner(max int64) *dataScanner {
 // done reports that the end of data was seen.
 func (d *dataScanner) done() bool { return d.eod == eodDone }
 
+// pending is how many octets at the end of what was scanned may belong to
+// the end of data (".", ".\r", or all of ".\r\n" once done): they are
+// not known to be message content yet.
+func (d *dataScanner) pending() int {
+	switch d.eod {
+	case eodDot:
+		return 1
+	case eodDotCR:
+		return 2
+	case eodDone:
+		return 3
+	}
+	return 0
+}
+
 // scan consumes p up to and including the end of data and returns how many
 // octets of p belong to the message. Octets after the end of data (pipelined
 // commands) are not consumed.

@@ -1,12 +1,14 @@
-package main
+package test
 
 // The mysql mapping through the built willi against a real MariaDB (Debian
-// mariadb-server, a private server from mariadb_test.go): willi under
+// mariadb-server, a private server from test/mariadb): willi under
 // systemd-socket-activate with the chain [mysql, static], Postfix's
 // smtp-sink as the upstreams (one sink per route, so each test sees which
 // server got a message), `willi check` and `willi lookup` run as commands.
 
 import (
+	"willi/test/mariadb"
+
 	"context"
 	"database/sql"
 	"fmt"
@@ -21,9 +23,9 @@ import (
 
 // pmRoot opens a root connection to db over its unix socket; the caller
 // closes it.
-func pmRoot(t testing.TB, db *mariaDB) *sql.DB {
+func pmRoot(t testing.TB, db *mariadb.DB) *sql.DB {
 	t.Helper()
-	root, err := sql.Open("mysql", "root@unix("+db.socket+")/mail")
+	root, err := sql.Open("mysql", "root@unix("+db.Socket+")/mail")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,7 +38,7 @@ var pmTableSeq atomic.Int64
 // pmRoutesTable creates a fresh routing table in db's database "mail" (the
 // README's schema), loads rows (pattern, server) and returns its name.
 // Each test gets its own table, so tests sharing one server do not meet.
-func pmRoutesTable(t testing.TB, db *mariaDB, rows [][2]string) string {
+func pmRoutesTable(t testing.TB, db *mariadb.DB, rows [][2]string) string {
 	t.Helper()
 	root := pmRoot(t, db)
 	defer root.Close()
@@ -56,7 +58,7 @@ func pmRoutesTable(t testing.TB, db *mariaDB, rows [][2]string) string {
 		}
 	}
 	t.Cleanup(func() {
-		if _, err := os.Stat(db.socket); err != nil {
+		if _, err := os.Stat(db.Socket); err != nil {
 			return // the test stopped the server
 		}
 		root := pmRoot(t, db)
@@ -196,7 +198,7 @@ func pmWilliCommand(t testing.TB, bin string, args ...string) (string, int) {
 // pmNoPassword fails when text shows the database password.
 func pmNoPassword(t testing.TB, what, text string) {
 	t.Helper()
-	if strings.Contains(text, mariaPasswd) {
+	if strings.Contains(text, mariadb.Password) {
 		t.Errorf("%s shows the database password:\n%s", what, text)
 	}
 }
@@ -208,7 +210,7 @@ func pmNoPassword(t testing.TB, what, text string) {
 func TestPeerMariaDBRouting(t *testing.T) {
 	needRoot(t)
 	bin := buildWilli(t)
-	db := sharedMariaDB(t)
+	db := mariadb.Shared(t)
 	addrSink := pmStartSink(t, "address")
 	domSink := pmStartSink(t, "domain")
 	defSink := pmStartSink(t, "static")
@@ -265,7 +267,7 @@ func TestPeerMariaDBRouting(t *testing.T) {
 func TestPeerMariaDBStopped(t *testing.T) {
 	needRoot(t)
 	bin := buildWilli(t)
-	db := ownMariaDB(t)
+	db := mariadb.Own(t)
 	addrSink := pmStartSink(t, "address")
 	domSink := pmStartSink(t, "domain")
 	defSink := pmStartSink(t, "static")
@@ -334,7 +336,7 @@ func TestPeerMariaDBStopped(t *testing.T) {
 func TestPeerMariaDBSlowQuery(t *testing.T) {
 	needRoot(t)
 	bin := buildWilli(t)
-	db := sharedMariaDB(t)
+	db := mariadb.Shared(t)
 	addrSink := pmStartSink(t, "address")
 	defSink := pmStartSink(t, "static")
 	table := pmRoutesTable(t, db, [][2]string{{"alice@example.com", addrSink.Addr}})
@@ -370,10 +372,10 @@ func TestPeerMariaDBSlowQuery(t *testing.T) {
 // with the mapping they belong to, exit 1, and never with the password.
 func TestPeerMariaDBCheck(t *testing.T) {
 	bin := buildWilli(t)
-	db := sharedMariaDB(t)
+	db := mariadb.Shared(t)
 	table := pmRoutesTable(t, db, [][2]string{{"example.com", "mx.internal:25"}})
 	good := "SELECT server FROM " + table + " WHERE pattern = ?"
-	wrongPw := strings.Replace(db.DSN(""), ":"+mariaPasswd+"@", ":Wrong-"+mariaPasswd+"@", 1)
+	wrongPw := strings.Replace(db.DSN(""), ":"+mariadb.Password+"@", ":Wrong-"+mariadb.Password+"@", 1)
 	cases := []struct {
 		name, dsn, query string
 		status           int
@@ -388,9 +390,9 @@ func TestPeerMariaDBCheck(t *testing.T) {
 			[]string{"[[mapping]] #1 (mysql)", "srv"}},
 		{"wrong_password", wrongPw, good, 1,
 			[]string{"[[mapping]] #1 (mysql)", "Access denied"}},
-		{"unknown_user", strings.Replace(db.DSN(""), mariaUser+":", "mallory:", 1), good, 1,
+		{"unknown_user", strings.Replace(db.DSN(""), mariadb.User+":", "mallory:", 1), good, 1,
 			[]string{"[[mapping]] #1 (mysql)", "Access denied"}},
-		{"server_down", fmt.Sprintf("%s:%s@tcp(127.0.0.1:%d)/mail?timeout=2s", mariaUser, mariaPasswd, deadPort(t)), good, 1,
+		{"server_down", fmt.Sprintf("%s:%s@tcp(127.0.0.1:%d)/mail?timeout=2s", mariadb.User, mariadb.Password, deadPort(t)), good, 1,
 			[]string{"[[mapping]] #1 (mysql)"}},
 	}
 	for _, tc := range cases {
@@ -420,7 +422,7 @@ func TestPeerMariaDBCheck(t *testing.T) {
 // lookup error (exit 2) without the password.
 func TestPeerMariaDBLookup(t *testing.T) {
 	bin := buildWilli(t)
-	db := sharedMariaDB(t)
+	db := mariadb.Shared(t)
 	table := pmRoutesTable(t, db, [][2]string{
 		{"alice@example.com", "alice-mx.internal:2525"},
 		{"example.com", "mx1.internal:25 mx2.internal:25"},
@@ -428,7 +430,7 @@ func TestPeerMariaDBLookup(t *testing.T) {
 	})
 	query := "SELECT server FROM " + table + " WHERE pattern = ?"
 	cfg := writeConfig(t, t.TempDir(), pmConfig(db.DSN(""), query, "fallback.internal:25"))
-	mapping := fmt.Sprintf("mysql:%s@tcp(%s)/mail", mariaUser, db.addr)
+	mapping := fmt.Sprintf("mysql:%s@tcp(%s)/mail", mariadb.User, db.Addr)
 
 	out, status := pmWilliCommand(t, bin, "lookup", "-config", cfg,
 		"alice@example.com", "Alice+Tag@Example.COM", "bob@example.com", "carol@a.b.example.net", "dave@nowhere.test")
@@ -464,7 +466,7 @@ query = %q
 
 	// Bad credentials: a lookup error, exit 2, no fall-through to static.
 	badCfg := writeConfig(t, t.TempDir(), pmConfig(
-		strings.Replace(db.DSN(""), ":"+mariaPasswd+"@", ":Wrong-"+mariaPasswd+"@", 1), query, "fallback.internal:25"))
+		strings.Replace(db.DSN(""), ":"+mariadb.Password+"@", ":Wrong-"+mariadb.Password+"@", 1), query, "fallback.internal:25"))
 	out, status = pmWilliCommand(t, bin, "lookup", "-config", badCfg, "alice@example.com")
 	t.Logf("willi lookup with bad credentials (exit %d):\n%s", status, out)
 	if status != 2 || !strings.Contains(out, "lookup error") || strings.Contains(out, "fallback.internal") {

@@ -1,4 +1,4 @@
-package main
+package test
 
 // Helpers for tests that run the built willi binary against real peers:
 // systemd-socket-activate, tcpserver, HAProxy, Postfix's smtp-sink, a private
@@ -100,8 +100,8 @@ func buildWilli(t testing.TB) string {
 	return williBinPath
 }
 
-// removeStaleBuildDirs removes binaries left by earlier runs (a test binary
-// has no hook after its last test without a TestMain).
+// removeStaleBuildDirs removes binaries left by earlier runs that ended
+// before TestMain could remove theirs (a timeout, a kill).
 func removeStaleBuildDirs() {
 	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "willi-bin-*"))
 	for _, d := range dirs {

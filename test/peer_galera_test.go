@@ -1,4 +1,4 @@
-package main
+package test
 
 // Scaling out with the routing table in a Galera cluster: three MariaDB
 // Galera nodes (Debian mariadb-server with its galera-4 provider) on
@@ -7,6 +7,8 @@ package main
 // database host killed mid-run does not take the routing table with it.
 
 import (
+	"willi/test/mariadb"
+
 	"context"
 	"database/sql"
 	"fmt"
@@ -20,7 +22,7 @@ import (
 
 const galeraProvider = "/usr/lib/galera/libgalera_smm.so"
 
-// galeraWatchdog runs one Galera node and, like mariaWatchdog, kills it
+// galeraWatchdog runs one Galera node and, like the mariadb package's watchdog, kills it
 // (SIGKILL: a host that dies) and removes its folder when its stdin closes.
 // The first node bootstraps the cluster from a fresh data directory; the
 // others start empty and get their state by rsync SST, whose daemon runs
@@ -58,7 +60,7 @@ rm -rf "$dir"
 // startGaleraCluster starts n Galera nodes, one after the other, each
 // joining the ones before, and waits until each is Synced. The first node
 // gets the willi user and the database "mail", which replicate.
-func startGaleraCluster(t testing.TB, n int) []*mariaDB {
+func startGaleraCluster(t testing.TB, n int) []*mariadb.DB {
 	t.Helper()
 	for _, prog := range []string{"mariadb-install-db", "mariadbd", "rsync"} {
 		if _, err := exec.LookPath(prog); err != nil {
@@ -70,7 +72,7 @@ func startGaleraCluster(t testing.TB, n int) []*mariaDB {
 	if _, err := os.Stat(galeraProvider); err != nil {
 		t.Fatalf("the Galera provider (Debian galera-4, a dependency of mariadb-server) is needed: %v", err)
 	}
-	var nodes []*mariaDB
+	var nodes []*mariadb.DB
 	var gcomm []string
 	for i := 0; i < n; i++ {
 		dir, err := os.MkdirTemp("", "willi-galera-")
@@ -82,17 +84,12 @@ func startGaleraCluster(t testing.TB, n int) []*mariaDB {
 		cmd := exec.Command("sh", "-c", galeraWatchdog, "sh", dir, fmt.Sprint(port), fmt.Sprint(gport),
 			fmt.Sprint(iport), fmt.Sprint(sport), strings.Join(gcomm, ","), name)
 		cmd.Env = append(os.Environ(), "PATH="+os.Getenv("PATH")+":/usr/sbin:/sbin")
-		stdin, err := cmd.StdinPipe()
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		db, err := mariadb.Watch(cmd, fmt.Sprintf("127.0.0.1:%d", port), filepath.Join(dir, "sock"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		db := &mariaDB{addr: fmt.Sprintf("127.0.0.1:%d", port), socket: filepath.Join(dir, "sock"), stop: stdin, done: make(chan struct{})}
-		go func() { cmd.Wait(); close(db.done) }()
 		t.Cleanup(db.Stop)
 		if err := galeraWaitSynced(db, 120*time.Second); err != nil {
 			log, _ := os.ReadFile(filepath.Join(dir, "error.log"))
@@ -111,8 +108,8 @@ func startGaleraCluster(t testing.TB, n int) []*mariaDB {
 	defer root.Close()
 	for _, q := range []string{
 		"CREATE DATABASE IF NOT EXISTS mail",
-		fmt.Sprintf("CREATE USER '%s'@'%%' IDENTIFIED BY '%s'", mariaUser, mariaPasswd),
-		fmt.Sprintf("GRANT SELECT ON mail.* TO '%s'@'%%'", mariaUser),
+		fmt.Sprintf("CREATE USER '%s'@'%%' IDENTIFIED BY '%s'", mariadb.User, mariadb.Password),
+		fmt.Sprintf("GRANT SELECT ON mail.* TO '%s'@'%%'", mariadb.User),
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		_, err := root.ExecContext(ctx, q)
@@ -126,8 +123,8 @@ func startGaleraCluster(t testing.TB, n int) []*mariaDB {
 
 // galeraRoot connects as root without a default database (pmRoot's "mail"
 // does not exist yet while the cluster forms).
-func galeraRoot(db *mariaDB) (*sql.DB, error) {
-	root, err := sql.Open("mysql", "root@unix("+db.socket+")/")
+func galeraRoot(db *mariadb.DB) (*sql.DB, error) {
+	root, err := sql.Open("mysql", "root@unix("+db.Socket+")/")
 	if err != nil {
 		return nil, err
 	}
@@ -137,7 +134,7 @@ func galeraRoot(db *mariaDB) (*sql.DB, error) {
 
 // galeraWaitSynced waits until the node answers and reports itself Synced
 // in a primary component.
-func galeraWaitSynced(db *mariaDB, timeout time.Duration) error {
+func galeraWaitSynced(db *mariadb.DB, timeout time.Duration) error {
 	root, err := galeraRoot(db)
 	if err != nil {
 		return err
@@ -159,7 +156,7 @@ func galeraWaitSynced(db *mariaDB, timeout time.Duration) error {
 			err = fmt.Errorf("state %s, cluster %s", state, status)
 		}
 		select {
-		case <-db.done:
+		case <-db.Done():
 			return fmt.Errorf("mariadbd exited (last: %v)", err)
 		default:
 		}
@@ -173,7 +170,7 @@ func galeraWaitSynced(db *mariaDB, timeout time.Duration) error {
 // galeraWaitRow waits until the node's copy of table answers pattern with
 // server (replication is synchronous for commits, but a node applies them
 // in the background).
-func galeraWaitRow(t testing.TB, db *mariaDB, table, pattern, server string) {
+func galeraWaitRow(t testing.TB, db *mariadb.DB, table, pattern, server string) {
 	t.Helper()
 	root := pmRoot(t, db)
 	defer root.Close()
@@ -187,7 +184,7 @@ func galeraWaitRow(t testing.TB, db *mariaDB, table, pattern, server string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("node %s: %s has %s -> %q (%v), want %q", db.addr, table, pattern, got, err, server)
+			t.Fatalf("node %s: %s has %s -> %q (%v), want %q", db.Addr, table, pattern, got, err, server)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -196,7 +193,7 @@ func galeraWaitRow(t testing.TB, db *mariaDB, table, pattern, server string) {
 // galeraHAProxyConfig is the README's HAProxy configuration for the DSN
 // (the "listen galera" block of its Scaling out section) with loopback
 // addresses: the frontend on front, db1..db3 on the nodes.
-func galeraHAProxyConfig(t testing.TB, front string, nodes []*mariaDB) string {
+func galeraHAProxyConfig(t testing.TB, front string, nodes []*mariadb.DB) string {
 	t.Helper()
 	block := soReadmeBlock(t, soReadmeScalingOut(t), "listen galera")
 	pairs := []string{"bind 127.0.0.1:3306", "bind " + front}
@@ -205,7 +202,7 @@ func galeraHAProxyConfig(t testing.TB, front string, nodes []*mariaDB) string {
 		if !strings.Contains(block, old) {
 			t.Fatalf("README's Galera HAProxy config lacks %q (the test substitutes a loopback address for it):\n%s", old, block)
 		}
-		pairs = append(pairs, old, " "+n.addr+" ")
+		pairs = append(pairs, old, " "+n.Addr+" ")
 	}
 	if !strings.Contains(block, pairs[0]) {
 		t.Fatalf("README's Galera HAProxy config lacks %q:\n%s", pairs[0], block)
@@ -236,7 +233,7 @@ func TestPeerScaleOutGalera(t *testing.T) {
 
 	dbFront := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	startHAProxyConfig(t, galeraHAProxyConfig(t, dbFront, nodes), dbFront)
-	dsn := (&mariaDB{addr: dbFront}).DSN("timeout=5s&readTimeout=10s")
+	dsn := (&mariadb.DB{Addr: dbFront}).DSN("timeout=5s&readTimeout=10s")
 	hosts, addrs := soWilliHosts(t, bin, dsn, query)
 	front := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	hcfg, _ := soReadmeHAProxyConfig(t, front, addrs[0], addrs[1])
@@ -268,7 +265,7 @@ func TestPeerScaleOutGalera(t *testing.T) {
 	nodes[0].Stop()
 	for _, n := range nodes[1:] {
 		if err := galeraWaitSynced(n, 120*time.Second); err != nil {
-			t.Fatalf("node %s after the loss of db1: %v", n.addr, err)
+			t.Fatalf("node %s after the loss of db1: %v", n.Addr, err)
 		}
 	}
 	// example.com moves to sink A, written on a surviving node.

@@ -1,4 +1,4 @@
-package main
+package test
 
 // Real-peer tests of the PROXY protocol: a real HAProxy in front of willi
 // (send-proxy-v2 and send-proxy), and willi speaking PROXY protocol to a
