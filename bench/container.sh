@@ -58,7 +58,7 @@ smtpload_cpu() {
 	local st=$?
 	b=$(cpu_ns)
 	n=$(sed -n 's/.*sessions=\([0-9]*\).*/\1/p' <<<"$out")
-	awk -v o="$out" -v a="$a" -v b="$b" -v n="${n:-0}" 'BEGIN { printf "%s cpu_ms=%.2f\n", o, n > 0 ? (b - a) / 1e6 / n : 0 }'
+	awk -v o="$out" -v a="$a" -v b="$b" -v n="${n:-0}" 'BEGIN { printf "%s cpu_ms=%.2f\n", o, (n > 0 ? (b - a) / 1e6 / n : 0) }'
 	return $st
 }
 trap '"$ROOT/test/container.sh" stop "$CT" >/dev/null 2>&1' EXIT

@@ -56,13 +56,16 @@ boot)
 		sh "$name" "$ROOT" $(cgroups) </dev/null >"$dir/console.log" 2>&1 &
 	echo $! >"$dir/nspawn.pid"
 	nspawn=$!
-	# PID 1 of the container: the child of systemd-nspawn.
+	# PID 1 of the container: the descendant of systemd-nspawn that is
+	# PID 1 in its own PID namespace (NSpid ends in 1), once it runs systemd.
 	for _ in $(seq 200); do
-		pid=$(pgrep -P "$nspawn" 2>/dev/null | head -n 1 || true)
-		if [ -n "$pid" ] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" != "$(readlink "/proc/$nspawn/exe" 2>/dev/null)" ]; then
-			echo "$pid" >"$dir/leader"
-			break
-		fi
+		for pid in $(pgrep -P "$nspawn" 2>/dev/null) $(pgrep -P "$(pgrep -P "$nspawn" 2>/dev/null | head -n 1)" 2>/dev/null); do
+			nspid=$(awk '$1 == "NSpid:" { print $NF }' "/proc/$pid/status" 2>/dev/null || true)
+			if [ "$nspid" = 1 ] && [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" != "$(readlink "/proc/$nspawn/exe" 2>/dev/null)" ]; then
+				echo "$pid" >"$dir/leader"
+				break 2
+			fi
+		done
 		kill -0 "$nspawn" 2>/dev/null || { cat "$dir/console.log" >&2; die "systemd-nspawn exited"; }
 		sleep 0.05
 	done
