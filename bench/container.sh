@@ -24,7 +24,8 @@
 # turned off by a drop-in, against the unit as shipped, in alternation.
 #
 # Environment: BENCH_OUT=DIR (default bench/out), BENCH_RUNS=N rounds
-# (default 3), BENCH_QUICK=1 (fewer sessions), BENCH_SANDBOX=1.
+# (default 3), BENCH_QUICK=1 (fewer sessions), BENCH_SANDBOX=1. Exit 1
+# when a session failed.
 # Run as root, after test/deps.sh. Prints a table; results in
 # $BENCH_OUT/container.tsv (round, metric, column, value).
 set -uo pipefail
@@ -46,6 +47,11 @@ mkdir -p "$OUT/bin"
 : >"$RESULTS"
 
 say() { printf '%s\n' "$*" >&2; }
+FAILS=0
+fail() {
+	say "FAIL: $*"
+	FAILS=$((FAILS + 1))
+}
 die() { say "bench/container: $*"; exit 1; }
 ct() { "$ROOT/test/container.sh" run "$CT" "$@"; }
 cpu_ns() { "$ROOT/test/container.sh" cpu "$CT"; }
@@ -103,13 +109,13 @@ field() { sed -n "s/.*\\b$1=\\([0-9.]*\\).*/\\1/p"; }
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$RESULTS"; }
 load() {
 	local run=$1 col=$2 port=$3 out
-	out=$(smtpload_cpu -addr 127.0.0.1:"$port" -mail -n "$N1" -c 1) || say "$col c1: $out"
+	out=$(smtpload_cpu -addr 127.0.0.1:"$port" -mail -n "$N1" -c 1) || fail "$col c1: $out"
 	record "$run" rate_c1 "$col" "$(field rate <<<"$out")"
 	record "$run" cpu_ms "$col" "$(field cpu_ms <<<"$out")"
-	out=$(smtpload_cpu -addr 127.0.0.1:"$port" -mail -n "$N20" -c 20 -sources 20) || say "$col c20: $out"
+	out=$(smtpload_cpu -addr 127.0.0.1:"$port" -mail -n "$N20" -c 20 -sources 20) || fail "$col c20: $out"
 	record "$run" rate_c20 "$col" "$(field rate <<<"$out")"
 	sleep 2 # let the sessions of the last load end
-	out=$(ct smtpload -addr 127.0.0.1:"$port" -burst 200 -sources 200 -timeout 60s) || say "$col burst: $out"
+	out=$(ct smtpload -addr 127.0.0.1:"$port" -burst 200 -sources 200 -timeout 60s) || fail "$col burst: $out"
 	record "$run" burst_within2s "$col" "$(field within2s <<<"$out")"
 	record "$run" burst_max_ms "$col" "$(field banner_max_ms <<<"$out")"
 	sleep 2
@@ -204,3 +210,5 @@ awk -F'\t' '
 			printf "%-58s %10s %10s %10.1f\n", p[2], b, o, b - o
 		}
 	}' "$RESULTS"
+
+[ "$FAILS" -eq 0 ] || { say "bench/container: $FAILS load(s) failed"; exit 1; }
