@@ -94,6 +94,10 @@ systemd-run --quiet --unit=sink /usr/sbin/smtp-sink -u postfix -c 127.0.0.1:2526
 systemd-run --quiet --unit=ssa -p User=willi -E GOMAXPROCS=1 \
 	/usr/bin/systemd-socket-activate --accept --inetd -l 127.0.0.1:2525 \
 	/opt/willi/bin/willi -config /opt/willi/etc/willi.conf
+for port in 2525 2526; do
+	for i in $(seq 100); do ss -Hltn "sport = :$port" | grep -q . && break; sleep 0.05; done
+	ss -Hltn "sport = :$port" | grep -q . || { echo "nothing listens on port $port" >&2; exit 1; }
+done
 ' || die "setting up the container failed"
 
 # use COLUMN: the port that column listens on, its socket started.

@@ -151,7 +151,9 @@ type = "static"
 server = "127.0.0.1:%d"
 EOF
 /opt/willi/bin/willi check`, release, release, ctSinkPort))
-	c.sh(fmt.Sprintf("systemd-run --quiet --unit=sink /usr/sbin/smtp-sink -u postfix -c 127.0.0.1:%d 1000", ctSinkPort))
+	c.sh(fmt.Sprintf(`systemd-run --quiet --unit=sink /usr/sbin/smtp-sink -u postfix -c 127.0.0.1:%d 1000
+for i in $(seq 100); do ss -Hltn "sport = :%d" | grep -q . && exit 0; sleep 0.05; done
+echo "smtp-sink does not listen" >&2; exit 1`, ctSinkPort, ctSinkPort))
 	return c
 }
 
