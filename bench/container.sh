@@ -15,9 +15,10 @@
 # connecting at once (how many got a banner within 2 s, the slowest);
 # systemd-analyze security of both services.
 #
-# Every load also records the CPU time the whole container used per session
-# (systemd, the units, willi, smtp-sink and the client alike): on a shared
-# machine far steadier than sessions/s, which it otherwise mirrors.
+# Every load also records the CPU time the container's processes used per
+# session (systemd, the units, willi, smtp-sink; not the client, which
+# nsenter leaves in the host's cgroup): on a shared machine far steadier
+# than sessions/s, which it otherwise mirrors.
 #
 # With BENCH_SANDBOX=1 also the cost of each sandbox directive of
 # willi@.service: CPU time per session at 1 client with the directive
