@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"strings"
 	"time"
 )
@@ -28,24 +29,32 @@ func (s *Session) cmdData(arg string) *Reply {
 	case tx.accepted() == 0:
 		return s.dataRefused(replyNoValidRcpt, false)
 	}
+	// An upstream transaction that accepted no recipient (under fanout,
+	// its RCPTs were refused) takes no part in the message.
+	for _, l := range tx.withoutRecipients() {
+		l.up.reset()
+		if l.up.usable() {
+			s.idle = append(s.idle, l.up)
+		}
+	}
+	var goAhead *Reply // the first leg's 354, relayed as written
 	for _, l := range tx.legs {
-		r, err := l.up.data()
+		r, ok, err := l.up.data()
 		if err != nil {
 			r = tx.lose(l, faultReply(err))
 		}
-		if r != nil {
-			if tx.void != nil {
-				return s.dataRefused(r, false)
-			}
-			return s.dataRefused(r, true)
+		if ok {
+			goAhead = cmp.Or(goAhead, r)
+			continue
 		}
+		return s.dataRefused(r, tx.void == nil)
 	}
 	if s.r.Buffered() > 0 || inputPending(s.conn) {
 		// The message came before the go-ahead: it must not be relayed
 		// as if the client had waited, nor read as commands.
-		return s.dataRefused(replyDataPipelined, true)
+		return s.dataRefused(replySyncError, true)
 	}
-	s.write(reply354)
+	s.write(goAhead)
 	if err := s.flush(); err != nil {
 		s.abortData()
 		return s.hangup(err)
@@ -57,7 +66,8 @@ func (s *Session) cmdData(arg string) *Reply {
 func (s *Session) relayMessage() *Reply {
 	tx := s.tx
 	sc := newDataScanner(s.cfg.MaxMessageSize)
-	held := 0 // octets of a possible terminator not yet forwarded
+	held := 0       // octets of a possible terminator not yet forwarded
+	var lost *Reply // why a leg was lost mid-message
 	for !sc.done() {
 		s.conn.SetReadDeadline(s.deadline(s.cfg.CommandTimeout.Duration))
 		if _, err := s.r.Peek(1); err != nil {
@@ -75,7 +85,7 @@ func (s *Session) relayMessage() *Reply {
 			// What is certainly message content: the held-back start of
 			// a line that turned out not to end the data, then this chunk
 			// up to what may yet be the terminator.
-			s.forward(terminator[:prev-max(0, held-n)], chunk[:max(0, n-held)])
+			lost = s.forward(terminator[:prev-max(0, held-n)], chunk[:max(0, n-held)])
 		} else {
 			s.abortData()
 		}
@@ -88,6 +98,8 @@ func (s *Session) relayMessage() *Reply {
 	case sc.err != nil:
 		s.log.Warn("message refused", "err", sc.err)
 		rep = replyBadLineEnding
+	case lost != nil:
+		rep = lost
 	case tx.void != nil:
 		rep = tx.void
 	default:
@@ -106,9 +118,10 @@ func (s *Session) relayMessage() *Reply {
 // it (".", ".\r") is message content when no "\n" follows.
 const terminator = ".\r\n"
 
-// forward writes message octets to every leg; a leg that fails voids the
-// transaction (the rest of the message is still read, then answered 4xx).
-func (s *Session) forward(head string, body []byte) {
+// forward writes message octets to every leg. A leg that fails voids the
+// transaction: every leg is aborted, the rest of the message is still
+// read, and the client gets the returned 4xx.
+func (s *Session) forward(head string, body []byte) *Reply {
 	for _, l := range s.tx.legs {
 		err := error(nil)
 		if head != "" {
@@ -118,11 +131,12 @@ func (s *Session) forward(head string, body []byte) {
 			err = l.up.write(body)
 		}
 		if err != nil {
-			s.tx.lose(l, faultReply(err))
+			r := s.tx.lose(l, faultReply(err))
 			s.abortData()
-			return
+			return r
 		}
 	}
+	return nil
 }
 
 // endData sends the end of data to one leg at a time, waiting for each
@@ -180,12 +194,14 @@ func (s *Session) dataRefused(r *Reply, end bool) *Reply {
 		s.log.Info("improper command pipelining after DATA, closing", "client", s.clientString())
 		s.closing, s.reason = true, "pipelining-after-data"
 		if s.tx == nil || s.tx.void == nil {
-			r = replyDataPipelined
+			r = replySyncError
 		}
 		if s.tx != nil {
 			s.abortData()
+			s.logTx(r.Error(), 0)
+			s.dropTx()
 		}
-		end = true
+		return r
 	}
 	if end && s.tx != nil {
 		s.logTx(r.Error(), 0)

@@ -106,15 +106,21 @@ func TestHardeningSpoofing(t *testing.T) {
 		{"x NAME=trusted.example LOGIN=admin", "x+20NAME+3Dtrusted.example+20LOGIN+3Dadmin"},
 		{"a+41=b", "a+2B41+3Db"},
 		{"[192.0.2.1]", "[192.0.2.1]"},
-		{"x\tADDR=6.6.6.6", "x+09ADDR+3D6.6.6.6"},
 		{"x%0d%0aMAIL FROM:<evil@example.com>", "x%0d%0aMAIL+20FROM:<evil@example.com>"},
 		{"caf\xc3\xa9.example", "caf+C3+A9.example"},
-		{"x\xc0\x8aMAIL", "x+C0+8AMAIL"},
 	} {
 		cases = append(cases, hcase{name: "EHLO " + fmt.Sprintf("%q", h.helo), up: xc,
 			in:  "EHLO " + h.helo + "\r\n" + hMailIn + hRcptIn + hQuit,
 			out: hEnvOut + hBye,
 			ups: []string{hUpEhlo + hXCLIENT(h.enc, "ESMTP") + "EHLO " + h.helo + "\r\n" + hUpMail + hUpRcpt + hQuit}})
+	}
+	// A HELO name that is not valid UTF-8 or holds a tab is refused: it
+	// is repeated to the upstream after XCLIENT, which would refuse it.
+	for _, helo := range []string{"x\tADDR=6.6.6.6", "x\xc0\x8aMAIL", "caf\xe9.example"} {
+		cases = append(cases, hcase{name: "EHLO " + fmt.Sprintf("%q", helo) + " refused", up: xc,
+			in:  "EHLO " + helo + "\r\n" + hEhloIn + hMailIn + hRcptIn + hQuit,
+			out: hBanner + "501 5.5.2 Error: invalid HELO name\r\n" + hEnvOut[len(hBanner):] + hBye,
+			ups: []string{hUpEhlo + hXCLIENT("client.example", "ESMTP") + "EHLO client.example\r\n" + hUpMail + hUpRcpt + hQuit}})
 	}
 	long := strings.Repeat("h", 300)
 	cases = append(cases,
@@ -152,6 +158,7 @@ func TestHardeningAddresses(t *testing.T) {
 		raw        string // instead: the whole argument after "RCPT TO:"
 		reply      string // "" for a relayed 250: then fwd is the RCPT upstream
 		fwd        string
+		fwdFrom    string // the sender as forwarded, when not as given
 		conf       string
 	}
 	relay := func(a string) string { return fmt.Sprintf(hNoRelay, a) }
@@ -227,7 +234,17 @@ func TestHardeningAddresses(t *testing.T) {
 		{name: "SMTPUTF8 with a value", mail: "MAIL FROM:<a@example.net> SMTPUTF8=yes", reply: "501 5.5.4 Error: SMTPUTF8 takes no value\r\n"},
 		{name: "duplicate parameter", mail: "MAIL FROM:<a@example.net> SIZE=1 size=2", reply: "501 5.5.4 Error: duplicate parameter\r\n"},
 		{name: "parameter glued to the path", mail: "MAIL FROM:<a@example.net>SIZE=1", reply: hMailSyn},
-		{name: "percent hack sender", mail: "MAIL FROM:<a%evil.example@example.net>", reply: hAddrHack},
+		// Senders are not routed: % ! and quoting pass to the upstream.
+		{name: "percent hack sender", mail: "MAIL FROM:<a%evil.example@example.net>", rcpt: "b@example.org", fwd: "b@example.org",
+			fwdFrom: "a%evil.example@example.net"},
+		{name: "bang path sender", mail: "MAIL FROM:<evil.example!a@example.net>", rcpt: "b@example.org", fwd: "b@example.org",
+			fwdFrom: "evil.example!a@example.net"},
+		{name: "quoted sender", mail: "MAIL FROM:<\"john smith\"@example.net>", rcpt: "b@example.org", fwd: "b@example.org",
+			fwdFrom: "\"john smith\"@example.net"},
+		{name: "quoted sender, escapes kept", mail: "MAIL FROM:<\"a\\\"b\"@example.net>", rcpt: "b@example.org", fwd: "b@example.org",
+			fwdFrom: "\"a\\\"b\"@example.net"},
+		{name: "quoted sender, plain content unquoted", mail: "MAIL FROM:<\"ab\"@example.net>", rcpt: "b@example.org", fwd: "b@example.org",
+			fwdFrom: "ab@example.net"},
 		{name: "non-ASCII sender without SMTPUTF8", mail: "MAIL FROM:<jörg@example.net>", reply: hNeedUTF8},
 		{name: "null sender", mail: "MAIL FROM:<>", rcpt: "b@example.org", fwd: "b@example.org"},
 	}
@@ -254,7 +271,11 @@ func TestHardeningAddresses(t *testing.T) {
 			c.out = hBanner + hEhlo + hMailOK + r.reply + hBye
 		} else {
 			c.out = hBanner + hEhlo + hMailOK + hRcptOK + hBye
-			c.ups = []string{hUpEhlo + mail + "\r\n" + "RCPT TO:<" + r.fwd + ">\r\n" + hQuit}
+			upMail := mail + "\r\n"
+			if r.fwdFrom != "" {
+				upMail = "MAIL FROM:<" + r.fwdFrom + ">\r\n"
+			}
+			c.ups = []string{hUpEhlo + upMail + "RCPT TO:<" + r.fwd + ">\r\n" + hQuit}
 		}
 		cases = append(cases, c)
 	}

@@ -126,7 +126,7 @@ func (f *fakeUpConn) String() string {
 // may hold a tab or 8-bit octets, never CR, LF or NUL.
 var hUpstreamCommand = regexp.MustCompile(`^(?:(?:EHLO|HELO) [^\x00-\x20\x7f][^\x00-\x08\x0a-\x1f\x7f]*` +
 	`|STARTTLS|RSET|NOOP|QUIT|DATA` +
-	`|MAIL FROM:<[^\x00-\x20<>\x7f]*>(?: SIZE=[1-9][0-9]*)?(?: BODY=(?:7BIT|8BITMIME))?(?: SMTPUTF8)?` +
+	`|MAIL FROM:<(?:"(?:[^"\\\x00-\x1f\x7f]|\\["\\])*"@)?[^\x00-\x20<>"\x7f]*>(?: SIZE=[1-9][0-9]*)?(?: BODY=(?:7BIT|8BITMIME))?(?: SMTPUTF8)?` +
 	`|RCPT TO:<[^\x00-\x20<>\x7f]+>` +
 	`|XCLIENT(?: (?:NAME|ADDR|PORT|PROTO|HELO|LOGIN|DESTADDR|DESTPORT)=[!-~]+)+` +
 	`|PROXY (?:TCP4|TCP6|UNKNOWN)[ -~]*` +
@@ -481,6 +481,11 @@ func hOneByte(in string) []string {
 	return segs
 }
 
+// hVoid is the reply of a transaction whose accepted recipients were lost.
+func hVoid(why string) string {
+	return "451 4.4.2 Error: transaction void: the upstream that accepted its recipients failed (" + why + "); send RSET and try again\r\n"
+}
+
 // hReadAll reads until willi closes (or hWait passes).
 func hReadAll(conn net.Conn, o *hOutput) (string, bool) {
 	conn.SetReadDeadline(time.Now().Add(hWait))
@@ -599,7 +604,7 @@ func hWrite(cli net.Conn, segs []string, o *hOutput, replies int) {
 		end := strings.Index(in[pos-2:], "\r\n.\r\n")
 		if end < 0 {
 			if !go354 {
-				return
+				continue // no message follows: commands do
 			}
 			break
 		}

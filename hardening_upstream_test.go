@@ -20,10 +20,9 @@ func TestHardeningUpstream(t *testing.T) {
 	env := hEnvIn + hQuit
 	full := hDataIn + "x\r\n.\r\n" + hQuit
 	envOut := func(rcpt string) string { return hBanner + hEhlo + hMailOK + rcpt + hBye }
-	// When DATA is refused, a message the client sent without waiting for
-	// 354 is never read as commands: the session ends after the refusal
-	// (the tables send each case's input in one segment).
-	fullOut := func(data string) string { return hEnvOut + data }
+	// When DATA is refused, the client (which waits for the reply to DATA,
+	// as RFC 2920 asks) does not send its message, and quits.
+	fullOut := func(data string) string { return hEnvOut + data + hBye }
 	eodOut := func(final string) string { return hEnvOut + h354 + final + hBye }
 	static := func(server string) string {
 		return "[[mapping]]\ntype = \"static\"\nserver = \"" + server + "\"\n"
@@ -111,7 +110,7 @@ func TestHardeningUpstream(t *testing.T) {
 			ups: []string{hUpEhlo + "HELO mx.test\r\n" + hUpMail + hUpRcpt + hQuit}},
 		{name: "RSET refused: the next transaction dials afresh", up: upScript{"RSET": "500 5.5.1 no\r\n"},
 			in: hEnvIn + "RSET\r\n" + hMailIn + hRcptIn + hQuit, out: hEnvOut + hOK + hMailOK + hRcptOK + hBye,
-			ups: []string{hUpEnv + "RSET\r\n", hUpEnv + hQuit}},
+			ups: []string{hUpEnv + "RSET\r\n" + hQuit, hUpEnv + hQuit}},
 	}
 	hRunTable(t, cases)
 }

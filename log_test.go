@@ -54,6 +54,14 @@ func TestTransactionLogAbandoned(t *testing.T) {
 			t.Errorf("transaction line %d: %s", i+1, tx[i])
 		}
 	}
+	// An abandoned transaction keeps its recipients, each with the code
+	// the client got; every refused recipient is logged with the reply.
+	if !strings.Contains(tx[0], "rcpts=x@nowhere.example:550 ") {
+		t.Errorf("transaction line without its recipient: %s", tx[0])
+	}
+	if !strings.Contains(logBuf.String(), `level=INFO msg="recipient refused" rcpt=x@nowhere.example reply="550 5.7.1 <x@nowhere.example>: Relay access denied"`) {
+		t.Errorf("no info line for the refused recipient:\n%s", logBuf.String())
+	}
 }
 
 // TestTransactionLogDelivered: a delivered message's transaction is logged

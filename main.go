@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -33,12 +34,14 @@ func run(args []string) int {
 			return runCheck(args[1:], os.Stdout)
 		case "serve":
 			return runServe(args[1:])
+		case "probe":
+			return runProbe(args[1:], os.Stdout)
 		}
 	}
 	fs := flag.NewFlagSet("willi", flag.ContinueOnError)
 	cfgPath := fs.String("config", defaultConfigFile, "config file")
 	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
-		fmt.Fprintln(os.Stderr, "usage: willi [-config FILE] | lookup | check | version | serve")
+		fmt.Fprintln(os.Stderr, "usage: willi [-config FILE] | lookup | check | probe | version | serve")
 		return 2
 	}
 	return serveConnection(*cfgPath)
@@ -158,6 +161,31 @@ func trimBrackets(a string) string {
 	return a
 }
 
+// checkTLSFiles loads the [tls] certificate and every [[upstream]]'s TLS
+// files, prints each problem and reports whether there was none.
+func checkTLSFiles(cfg *Config, out io.Writer) bool {
+	ok := true
+	if cfg.TLS != nil && cfg.TLS.CertFile != "" && cfg.TLS.KeyFile != "" {
+		if _, err := serverTLSConfig(cfg.TLS); err != nil {
+			fmt.Fprintf(out, "%s: [tls]: %v\n", cfg.path, err)
+			ok = false
+		}
+	}
+	for i, uc := range cfg.Upstreams {
+		srv, err := parseServers(uc.Server)
+		if uc.StartTLS == tlsNever || err != nil || len(srv) != 1 {
+			continue
+		}
+		if _, err := upstreamTLSConfig(uc, srv[0].Host); err != nil {
+			for _, line := range strings.Split(err.Error(), "\n") {
+				fmt.Fprintf(out, "%s: [[upstream]] #%d (%s): %s\n", cfg.path, i+1, uc.Server, line)
+			}
+			ok = false
+		}
+	}
+	return ok
+}
+
 // runCheck implements `willi check [-config FILE]`: the config, the TLS
 // key pair and every mapping opened in full.
 func runCheck(args []string, out io.Writer) int {
@@ -167,17 +195,19 @@ func runCheck(args []string, out io.Writer) int {
 		fmt.Fprintln(os.Stderr, "usage: willi check [-config FILE]")
 		return 1
 	}
-	cfg, err := loadConfig(*cfgPath)
+	cfg, err := loadConfigPartial(*cfgPath)
 	if err != nil {
 		fmt.Fprintln(out, err)
+		if cfg != nil {
+			// The files the config names are worth reading all the
+			// same; the mappings are not opened with a broken config.
+			checkTLSFiles(cfg, out)
+		}
 		return 1
 	}
 	status := 0
-	if cfg.TLS != nil {
-		if _, err := serverTLSConfig(cfg.TLS); err != nil {
-			fmt.Fprintf(out, "%s: [tls]: %v\n", cfg.path, err)
-			status = 1
-		}
+	if !checkTLSFiles(cfg, out) {
+		status = 1
 	}
 	for i, mc := range cfg.Mappings {
 		where := fmt.Sprintf("%s: [[mapping]] #%d (%s)", cfg.path, i+1, mc.Type)

@@ -104,7 +104,7 @@ var (
 	replyShutdown          = fixedReply(421, "4.3.2", "Service shutting down, closing connection")
 	replyInternal          = fixedReply(421, "4.3.0", "Internal error, closing connection")
 	replyHTTP              = fixedReply(421, "4.7.0", "Error: this is an SMTP server, not HTTP")
-	replyEarlyTalker       = fixedReply(554, "5.5.0", "Error: SMTP protocol synchronization")
+	replySyncError         = fixedReply(554, "5.5.0", "Error: SMTP protocol synchronization")
 	replyBDAT              = fixedReply(521, "5.5.1", "Error: BDAT without CHUNKING, closing connection")
 	replyNoAuth            = fixedReply(502, "5.5.1", "Error: authentication not enabled")
 	replyNotImplemented    = fixedReply(502, "5.5.1", "Error: command not implemented")
@@ -122,8 +122,6 @@ var (
 	replyUpstreamTLS       = fixedReply(451, "4.7.5", "Error: upstream TLS failed, try again later")
 	replyUpstreamNoTLS     = fixedReply(451, "4.7.4", "Error: upstream does not offer STARTTLS, try again later")
 	replyXCLIENTRefused    = fixedReply(451, "4.7.0", "Error: upstream refused XCLIENT, try again later")
-	reply354               = &Reply{Code: 354, Text: []string{"End data with <CR><LF>.<CR><LF>"}}
-	replyDataPipelined     = fixedReply(554, "5.5.0", "Error: improper pipelining: message sent before the reply to DATA, closing connection")
 	replyTooManyRefused    = fixedReply(421, "4.7.0", "Error: too many errors and refused recipients, closing connection")
 	replyConfig            = fixedReply(421, "4.3.0", "Service unavailable: configuration error, closing connection")
 )

@@ -258,7 +258,7 @@ func (s *Session) earlyTalker() bool {
 		return true
 	}
 	s.reason = "early-talker"
-	s.write(replyEarlyTalker)
+	s.write(replySyncError)
 	s.flush()
 	return true
 }

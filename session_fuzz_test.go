@@ -304,7 +304,8 @@ func (u *fzUpstreams) closeAll() {
 var (
 	// What willi may send, and nothing else.
 	fzPath     = `<[^<>\s\x00-\x1f\x7f]*>`
-	fzMailLine = regexp.MustCompile(`^MAIL FROM:` + fzPath + `( SIZE=[0-9]{1,20})?( BODY=(7BIT|8BITMIME))?( SMTPUTF8)?$`)
+	fzSender   = `<(?:"(?:[^"\\\x00-\x1f\x7f]|\\["\\])*"@)?[^<>"\s\x00-\x1f\x7f]*>` // a quoted local part is kept
+	fzMailLine = regexp.MustCompile(`^MAIL FROM:` + fzSender + `( SIZE=[0-9]{1,20})?( BODY=(7BIT|8BITMIME))?( SMTPUTF8)?$`)
 	fzRcptLine = regexp.MustCompile(`^RCPT TO:<[^<>\s\x00-\x1f\x7f]+>$`)
 	fzXCLIENT  = regexp.MustCompile(`^XCLIENT( (HELO|PROTO|PORT|NAME|ADDR)=[\x21-\x3c\x3e-\x7e]+)+$`)
 	fzGreeting = regexp.MustCompile(`^(EHLO|HELO) [^\x00-\x08\x0a-\x1f\x7f]+$`)
@@ -513,7 +514,7 @@ var fzPhases = []struct {
 		fs.expect("RCPT TO:<reject@example.org>", "550 5.1.1")
 	}},
 	{name: "xclient-rcpt", o: fzOptions{xclient: true}, run: func(fs *fzSession) {
-		fs.expect("EHLO x\tADDR=127.0.0.1 NAME=localhost", "250-")
+		fs.expect("EHLO x ADDR=127.0.0.1 NAME=localhost", "250-")
 		fs.expect("MAIL FROM:<a@example.net> SIZE=100 BODY=8BITMIME", "250 ")
 		fs.expect("RCPT TO:<b@example.org>", "250 ")
 	}},

@@ -64,6 +64,22 @@ func (tx *transaction) accepted() int {
 	return n
 }
 
+// withoutRecipients takes the legs that accepted no recipient out of the
+// transaction and returns them.
+func (tx *transaction) withoutRecipients() []*leg {
+	var none []*leg
+	kept := tx.legs[:0]
+	for _, l := range tx.legs {
+		if len(l.accepted) == 0 {
+			none = append(none, l)
+		} else {
+			kept = append(kept, l)
+		}
+	}
+	tx.legs = kept
+	return none
+}
+
 // answered records the client's reply to a RCPT for addr.
 func (tx *transaction) answered(addr string, r *Reply) {
 	tx.rcpts = append(tx.rcpts, recipient{addr: addr, code: r.Code})

@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -54,35 +56,33 @@ const (
 // fault (no usable reply, a 421) closes it at once and is returned as an
 // error whose client reply faultReply gives.
 type upstream struct {
-	p       upstreamParams
-	policy  UpstreamConfig
-	conn    net.Conn
-	r       *bufio.Reader
-	server  Server
-	routeID string
-	ext     map[string]string // EHLO keywords (upper case) and their parameters
-	tls     string            // "" for plaintext, else version and cipher
-	xclient string            // what became of the client address hand-over
-	state   upstreamState
-	stop    func() bool // releases the session-end hook on conn
+	p        upstreamParams
+	policy   UpstreamConfig
+	conn     net.Conn
+	r        *bufio.Reader
+	server   Server
+	routeID  string
+	ext      map[string]string // EHLO keywords (upper case) and their parameters
+	banner   string            // the greeting's text
+	tls      string            // "" for plaintext, else version and cipher
+	tlsState *tls.ConnectionState
+	xclient  string // what became of the client address hand-over
+	state    upstreamState
+	stop     func() bool // releases the session-end hook on conn
 }
 
 // openUpstream connects to the first server of the route that answers with
 // a 2xx banner and completes EHLO, STARTTLS and XCLIENT per policy. A server
-// that cannot be reached or greets with anything but 220 is skipped; a
-// refusal of willi's greeting or a failed set-up ends the attempt.
+// that fails is skipped; the last failure is the client's reply.
 func openUpstream(ctx context.Context, route Route, p upstreamParams) (*upstream, *Reply) {
 	var last *Reply
 	for _, srv := range route.Servers {
-		u, rep, next := dialServer(ctx, srv, p)
+		u, rep := dialServer(ctx, srv, p)
 		if rep == nil {
 			u.routeID = route.ID()
 			return u, nil
 		}
 		last = rep
-		if !next {
-			break
-		}
 	}
 	if last == nil {
 		last = replyUpstreamDown
@@ -90,26 +90,25 @@ func openUpstream(ctx context.Context, route Route, p upstreamParams) (*upstream
 	return nil, last
 }
 
-// dialServer connects to one server and sets the session up. next reports
-// a failure after which the route's next server is worth trying.
-func dialServer(ctx context.Context, srv Server, p upstreamParams) (u *upstream, rep *Reply, next bool) {
+// dialServer connects to one server and sets the session up.
+func dialServer(ctx context.Context, srv Server, p upstreamParams) (*upstream, *Reply) {
 	dctx, cancel := context.WithTimeout(ctx, p.connectTimeout)
 	defer cancel()
 	conn, err := p.dial(dctx, "tcp", srv.String())
 	if err != nil {
 		p.log.Warn("upstream connect failed", "upstream", srv.String(), "err", err)
-		return nil, replyUpstreamDown, true
+		return nil, replyUpstreamDown
 	}
 	// The session's end (a signal) interrupts whatever the connection
 	// waits for.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
-	u = &upstream{p: p, policy: p.policy(srv), conn: conn, r: bufio.NewReaderSize(conn, 4096), server: srv, xclient: "off", stop: stop}
+	u := &upstream{p: p, policy: p.policy(srv), conn: conn, r: bufio.NewReaderSize(conn, 4096), server: srv, xclient: "off", stop: stop}
 	if k := u.policy.ClientAddress; k == addrProxyV1 || k == addrProxyV2 {
 		conn.SetWriteDeadline(time.Now().Add(p.commandTimeout))
 		if err := writeProxyHeader(conn, k, p.client); err != nil {
 			u.drop()
 			p.log.Warn("upstream PROXY header failed", "upstream", srv.String(), "err", err)
-			return nil, replyUpstreamDown, true
+			return nil, replyUpstreamDown
 		}
 		u.xclient = k
 	}
@@ -117,23 +116,29 @@ func dialServer(ctx context.Context, srv Server, p upstreamParams) (u *upstream,
 	if err != nil {
 		u.drop()
 		p.log.Warn("upstream banner failed", "upstream", srv.String(), "err", err)
-		return nil, replyUpstreamDown, true
+		return nil, replyUpstreamDown
 	}
+	u.banner = strings.Join(banner.Text, " / ")
 	if banner.Code != 220 {
 		u.drop()
 		p.log.Warn("upstream refused the connection", "upstream", srv.String(), "reply", banner.Error())
-		return nil, replyUpstreamDown, true
+		return nil, replyUpstreamDown
 	}
 	if rep := u.setup(); rep != nil {
 		u.drop()
-		return nil, rep, false
+		return nil, rep
 	}
-	return u, nil, false
+	return u, nil
 }
 
 // setup runs EHLO, STARTTLS per policy and XCLIENT per policy.
 func (u *upstream) setup() *Reply {
 	r, err := u.greet(u.p.hostname, true)
+	var closing *Reply
+	if errors.As(err, &closing) {
+		u.p.log.Warn("upstream closed at EHLO", "upstream", u.server.String(), "reply", closing.Error())
+		return replyUpstreamDown // a 421: not serving now, as a 4xx banner
+	}
 	if err != nil {
 		return u.fault("EHLO", err)
 	}
@@ -212,7 +217,7 @@ func (u *upstream) lose(err error) error {
 // returns the client's reply for it.
 func (u *upstream) fault(step string, err error) *Reply {
 	u.drop()
-	u.p.log.Warn("upstream failure", "upstream", u.server.String(), "step", step, "err", err)
+	u.p.log.Warn("upstream "+step+" failed", "upstream", u.server.String(), "err", err)
 	return faultReply(err)
 }
 
@@ -337,20 +342,21 @@ func (u *upstream) rcpt(addr string) (*Reply, error) {
 	return relayReply(r, true), nil
 }
 
-// data asks for the go-ahead; a nil reply means 354 was received.
-func (u *upstream) data() (*Reply, error) {
-	r, err := u.cmd("DATA")
+// data asks for the go-ahead: ok when the upstream answered 354 (r is
+// that reply, to relay), else r is the refusal to relay.
+func (u *upstream) data() (r *Reply, ok bool, err error) {
+	r, err = u.cmd("DATA")
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	switch {
 	case r.Code == 354:
 		u.state = upData
-		return nil, nil
+		return r, true, nil
 	case r.Positive():
-		return nil, u.lose(fmt.Errorf("%w: %d to DATA", errUpstreamProtocol, r.Code))
+		return nil, false, u.lose(fmt.Errorf("%w: %d to DATA", errUpstreamProtocol, r.Code))
 	}
-	return relayReply(r, false), nil
+	return relayReply(r, false), false, nil
 }
 
 // write sends message octets, canonical and dot-stuffed already.

@@ -234,6 +234,7 @@ type rigOpts struct {
 	policy    string // lines of the [[upstream]] table for up.test:25
 	clientIP  net.IP // default 192.0.2.1
 	name      string // what the client's name lookup yields; default "client.example.org"
+	server    string // the route's server, dialled to the rig's upstream; default "up.test:25"
 }
 
 // newTLSRig starts a session; each connection willi makes to up.test:25
@@ -246,8 +247,12 @@ func newTLSRig(t *testing.T, o rigOpts, script func(u *fakeUpstream)) *tlsRig {
 		cert, key := genCert(t, r.dir, "mx.test")
 		conf += fmt.Sprintf("[tls]\ncert_file = %q\nkey_file = %q\n", cert, key)
 	}
-	conf += "[[mapping]]\ntype = \"static\"\nserver = \"up.test:25\"\n"
-	conf += "[[upstream]]\nserver = \"up.test:25\"\n" + o.policy + "\n"
+	server := o.server
+	if server == "" {
+		server = "up.test:25"
+	}
+	conf += fmt.Sprintf("[[mapping]]\ntype = \"static\"\nserver = %q\n", server)
+	conf += fmt.Sprintf("[[upstream]]\nserver = %q\n", server) + o.policy + "\n"
 	path := filepath.Join(r.dir, "willi.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -321,7 +326,7 @@ func newTLSRig(t *testing.T, o rigOpts, script func(u *fakeUpstream)) *tlsRig {
 	s.localAddr = &net.TCPAddr{IP: net.ParseIP("192.0.2.10").To4(), Port: 25}
 	upAddr := r.ln.Addr().String()
 	s.dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		if addr != "up.test:25" {
+		if addr != server {
 			return nil, &net.OpError{Op: "dial", Net: network, Err: errors.New("connection refused")}
 		}
 		return (&net.Dialer{}).DialContext(ctx, "tcp4", upAddr)
@@ -829,7 +834,7 @@ func TestUpstreamTLSXCLIENTRefused(t *testing.T) {
 // client's greeting; after the 220 re-greeting willi greets again with the
 // client's own HELO name and verb.
 func TestUpstreamTLSXCLIENTAttributes(t *testing.T) {
-	const hostile = "evil\tADDR=127.0.0.1 +x=y"
+	const hostile = "evil ADDR=127.0.0.1 +x=y"
 	cases := []struct {
 		name     string
 		offered  string
@@ -850,7 +855,7 @@ func TestUpstreamTLSXCLIENTAttributes(t *testing.T) {
 		{"helo-client-proto-smtp", "HELO PROTO ADDR", "HELO old.example.org", nil, "",
 			"XCLIENT HELO=old.example.org PROTO=SMTP ADDR=192.0.2.1", "HELO old.example.org"},
 		{"hostile-helo-xtext", "HELO NAME ADDR", "EHLO " + hostile, nil, "",
-			"XCLIENT HELO=evil+09ADDR+3D127.0.0.1+20+2Bx+3Dy NAME=client.example.org ADDR=192.0.2.1", "EHLO " + hostile},
+			"XCLIENT HELO=evil+20ADDR+3D127.0.0.1+20+2Bx+3Dy NAME=client.example.org ADDR=192.0.2.1", "EHLO " + hostile},
 		{"ipv6", "NAME ADDR", "EHLO client.example.org", net.ParseIP("2001:db8::25"), "",
 			"XCLIENT NAME=client.example.org ADDR=IPV6:2001:db8::25", "EHLO client.example.org"},
 		{"ipv4-mapped", "ADDR", "EHLO client.example.org", net.ParseIP("::ffff:198.51.100.7"), "",

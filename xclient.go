@@ -221,6 +221,9 @@ func (u *upstream) sendXCLIENT() *Reply {
 	}
 	for _, c := range cmds {
 		r, err := u.cmd(c)
+		if errors.As(err, &r) { // a 421: refused, and closed
+			err = nil
+		}
 		if err != nil {
 			return u.fault("XCLIENT", err)
 		}

@@ -5,6 +5,7 @@ set -eu
 
 PACKAGES="postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3 mariadb-server mariadb-client xinetd ucspi-tcp
 haproxy nginx libnginx-mod-mail openssl systemd procps make git ca-certificates
+util-linux libidn12 libgnutls-dane0 libgnutls30 libdb5.3 libpcre2-8-0 libnsl2 libcrypt1
 systemd-container debootstrap"
 
 missing=""
@@ -71,6 +72,50 @@ if ! swaks --support 2>&1 | grep -q '^=== TLS supported'; then
 	echo "test/deps.sh: swaks has no TLS support (Net::SSLeay missing)" >&2
 	exit 1
 fi
+
+# Exim 4 as a second real sending MTA, without replacing Postfix (Debian's
+# MTAs conflict): its packages are downloaded and extracted into a private
+# folder, not installed. The tests run it with their own configuration in a
+# private mount namespace whose /etc/passwd and /etc/group add the
+# Debian-exim user the binary is built for. The libraries it links are
+# installed above.
+EXIM_ROOT=${WILLI_EXIM_ROOT:-/var/cache/willi-test/exim4}
+EXIM_PACKAGES="exim4-daemon-light exim4-base exim4-config"
+exim_ok() {
+	[ -x "$EXIM_ROOT/usr/sbin/exim4" ] && ! ldd "$EXIM_ROOT/usr/sbin/exim4" 2>/dev/null | grep -q 'not found'
+}
+if ! exim_ok; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "test/deps.sh: Exim is not extracted in $EXIM_ROOT (run as root)" >&2
+		exit 1
+	fi
+	dl=$(mktemp -d)
+	# apt-get download writes into the current folder, as user _apt when
+	# it can: the folder must be theirs to write.
+	chown _apt "$dl" 2>/dev/null || true
+	if ! (cd "$dl" && apt-get download $EXIM_PACKAGES >/dev/null 2>&1); then
+		apt-get update -q >/dev/null
+		(cd "$dl" && apt-get download $EXIM_PACKAGES >/dev/null)
+	fi
+	rm -rf "$EXIM_ROOT.new"
+	mkdir -p "$EXIM_ROOT.new"
+	for deb in "$dl"/*.deb; do
+		dpkg -x "$deb" "$EXIM_ROOT.new"
+	done
+	rm -rf "$dl" "$EXIM_ROOT"
+	mv "$EXIM_ROOT.new" "$EXIM_ROOT"
+	if ! exim_ok; then
+		echo "test/deps.sh: $EXIM_ROOT/usr/sbin/exim4 is missing or lacks libraries:" >&2
+		ldd "$EXIM_ROOT/usr/sbin/exim4" | grep 'not found' >&2 || true
+		exit 1
+	fi
+fi
+for prog in /usr/bin/unshare /usr/bin/mount /usr/sbin/postqueue; do
+	if [ ! -x "$prog" ]; then
+		echo "test/deps.sh: $prog is missing" >&2
+		exit 1
+	fi
+done
 
 # The systemd test bed: a Debian 12 root that the container tests boot with
 # systemd-nspawn (test/container_test.go), each run on a throw-away overlay.

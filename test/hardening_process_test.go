@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -253,6 +254,8 @@ func TestHardeningProcessSIGTERM(t *testing.T) {
 		if cmds, data, ends, _ := up.snapshot(); ends != 0 || data != 23000 {
 			t.Fatalf("upstream got %d octets and %d ends of data (%q), want 23000 and none (G8)", data, ends, cmds)
 		}
+		// The transaction and the session are logged, recipients and all.
+		hWantLog(t, p, `msg=transaction .*rcpts=b@example.org:250 `, `msg=session .*end=signal`)
 	})
 	// Idle, by SIGTERM and by SIGINT (a session started by hand).
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
@@ -268,7 +271,23 @@ func TestHardeningProcessSIGTERM(t *testing.T) {
 				t.Fatalf("after %v: %q %v", sig, rep.Lines, err)
 			}
 			hExit(t, p, 0)
+			hWantLog(t, p, `msg=session .*helo=client.example .*end=signal`)
 		})
+	}
+}
+
+// hWantLog checks that willi's log (its standard error) has a line
+// matching each pattern.
+func hWantLog(t *testing.T, p *williPipeProc, patterns ...string) {
+	t.Helper()
+	b, err := os.ReadFile(p.StderrPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pat := range patterns {
+		if !regexp.MustCompile(`(?m)` + pat).Match(b) {
+			t.Errorf("no log line matches %q:\n%s", pat, b)
+		}
 	}
 }
 

@@ -165,7 +165,7 @@ client_address = "none"
 	})
 
 	t.Run("hostile_helo", func(t *testing.T) {
-		helo := "evil\t=+ spaced ADDR=127.0.0.1 NAME=localhost"
+		helo := "evil =+ spaced ADDR=127.0.0.1 NAME=localhost" // a tab gets 501 (helo-invalid transcript)
 		res := pySMTP(t, pyOpts{Server: addr, Source: "127.0.0.2", Helo: helo,
 			From: "sender@sender.test", To: []string{"alice@example.org"},
 			Message: []byte("Subject: hostile helo\r\n\r\nhostile\r\n")})
