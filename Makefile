@@ -22,7 +22,8 @@ TARGET_HOST ?=
 SSH ?= ssh
 SCP ?= scp
 
-RELEASE_FILES := install.sh willi.socket willi@.service README.md LICENSE \
+RELEASE_FILES := install.sh willi.socket willi@.service willi-serve.socket willi-serve.service \
+	README.md LICENSE \
 	contrib/xinetd/willi contrib/tcpserver/run \
 	etc/willi.conf.example etc/routes.csv.example
 

@@ -89,7 +89,15 @@ step "willi check; willi lookup someone@example.com"
 "$WILLI" lookup -config "$tmp/willi.conf" someone@example.com
 
 step "willi serve -listen $LISTEN"
-"$WILLI" serve -listen "$LISTEN" -config "$tmp/willi.conf" &
+# willi serve never runs a session as root: as root, sessions run as nobody,
+# from a copy of the program that nobody can reach.
+serve_user=()
+if [ "$(id -u)" -eq 0 ]; then
+	cp "$WILLI" "$tmp/willi"
+	WILLI=$tmp/willi
+	serve_user=(-user nobody)
+fi
+"$WILLI" serve -listen "$LISTEN" -config "$tmp/willi.conf" "${serve_user[@]}" &
 serve_pid=$!
 host=${LISTEN%:*} port=${LISTEN##*:}
 host=${host#[} host=${host%]}

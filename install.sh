@@ -25,6 +25,9 @@ WILLI_USER=${WILLI_USER:-willi}
 WILLI_GROUP=${WILLI_GROUP:-$WILLI_USER}
 DESTDIR=${DESTDIR:-}
 action=install
+# Both ways to run willi under systemd: per-connection units (willi.socket,
+# Accept=yes) and one long-running willi serve (willi-serve.socket).
+UNITS="willi.socket willi@.service willi-serve.socket willi-serve.service"
 
 usage() {
 	sed -n '2,19s/^# \{0,1\}//p' "$0"
@@ -149,11 +152,10 @@ do_install() {
 	done
 	put 0644 "$SRC/contrib/xinetd/willi" "$D$SHARE/contrib/xinetd/willi"
 	put 0755 "$SRC/contrib/tcpserver/run" "$D$SHARE/contrib/tcpserver/run"
-	put 0644 "$SRC/willi.socket" "$D$SHARE/systemd/willi.socket"
-	put 0644 "$SRC/willi@.service" "$D$SHARE/systemd/willi@.service"
-
-	put 0644 "$SRC/willi.socket" "$D$UNITDIR/willi.socket"
-	put 0644 "$SRC/willi@.service" "$D$UNITDIR/willi@.service"
+	for unit in $UNITS; do
+		put 0644 "$SRC/$unit" "$D$SHARE/systemd/$unit"
+		put 0644 "$SRC/$unit" "$D$UNITDIR/$unit"
+	done
 
 	# The xinetd service, disabled, where xinetd is installed; an existing
 	# one is the operator's.
@@ -180,6 +182,12 @@ do_install() {
 		say "willi.socket is active: the next connection runs the new program."
 		return 0
 	fi
+	if systemd_running && systemctl -q is-active willi-serve.socket 2>/dev/null; then
+		say "willi-serve.socket is active: new sessions run the new program;"
+		say "  systemctl restart willi-serve.service also restarts willi serve itself"
+		say "  (sessions in progress finish first; new connections wait meanwhile)."
+		return 0
+	fi
 	cat <<EOF
 Next steps:
   1. Configure it (every key is explained in the example):
@@ -188,7 +196,10 @@ Next steps:
   2. Check the config and open every mapping:
        $PREFIX/bin/willi check
        $PREFIX/bin/willi lookup postmaster@example.com
-  3. Start accepting mail on port 25:
+  3. Start accepting mail on port 25, with one long-running willi serve
+     starting a willi per connection (the faster way; see the README):
+       systemctl enable --now willi-serve.socket
+     or with one systemd unit per connection:
        systemctl enable --now willi.socket
      (without systemd: $SHARE/contrib/xinetd/willi or
       $SHARE/contrib/tcpserver/run; see $SHARE/README.md)
@@ -200,9 +211,11 @@ same() { [ -f "$2" ] && cmp -s "$1" "$2"; }
 
 do_uninstall() {
 	if systemd_running; then
-		systemctl disable --now willi.socket >/dev/null 2>&1 || true
+		systemctl disable --now willi.socket willi-serve.socket willi-serve.service >/dev/null 2>&1 || true
 	fi
-	rm -f "$D$UNITDIR/willi.socket" "$D$UNITDIR/willi@.service"
+	for unit in $UNITS; do
+		rm -f "$D$UNITDIR/$unit" "$D$SHARE/systemd/$unit"
+	done
 	if systemd_running; then
 		systemctl daemon-reload
 	fi
@@ -216,8 +229,7 @@ do_uninstall() {
 	rm -f "$D$PREFIX/bin/willi" "$D$PREFIX/bin/.willi.new"
 	rmdir "$D$PREFIX/bin" 2>/dev/null || true
 	rm -f "$D$SHARE/README.md" "$D$SHARE/LICENSE" \
-		"$D$SHARE/contrib/xinetd/willi" "$D$SHARE/contrib/tcpserver/run" \
-		"$D$SHARE/systemd/willi.socket" "$D$SHARE/systemd/willi@.service"
+		"$D$SHARE/contrib/xinetd/willi" "$D$SHARE/contrib/tcpserver/run"
 	for d in contrib/xinetd contrib/tcpserver contrib systemd ""; do
 		rmdir "$D$SHARE/$d" 2>/dev/null || true
 	done

@@ -1,17 +1,19 @@
 package main
 
-// willi serve: a small inetd for hosts without socket activation. It accepts
-// on one address and starts one willi child per connection, handed the
-// connection exactly as inetd would (the socket as standard input and
-// output), so every session keeps its own process and reads config and
-// mappings fresh.
+// willi serve: a small inetd. It accepts on one address, or on the listening
+// socket systemd passes (willi-serve.socket, Accept=no), and starts one willi
+// child per connection, handed the connection exactly as inetd would (the
+// socket as standard input and output), so every session keeps its own
+// process and reads config and mappings fresh. What a long-running parent
+// adds over per-connection units: the sandbox is set up once, limits per
+// source and in total answer 421 instead of a silent close, and new sessions
+// get a shorter command timeout under load (serve_admit.go).
 
 import (
 	"context"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -23,13 +25,16 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/coreos/go-systemd/v22/activation"
 )
 
 // Defaults of willi serve, documented in the README.
 const (
-	serveDefaultMaxConn      = 200
-	serveDefaultMaxPerSource = 20
-	serveDefaultGrace        = 30 * time.Second
+	serveDefaultMaxConn       = 200
+	serveDefaultMaxPerSource  = 20
+	serveDefaultGrace         = 30 * time.Second
+	serveDefaultStressTimeout = 10 * time.Second // Postfix: smtpd_timeout = ${stress?{10}:{300}}s
 
 	// serveKillAfter is how long children get after the SIGTERM that ends
 	// the grace period before they are killed.
@@ -40,24 +45,32 @@ const (
 
 // serveOptions are the flags of willi serve.
 type serveOptions struct {
-	listen       string
-	config       string
-	maxConn      int
-	maxPerSource int
-	grace        time.Duration
+	listen        string
+	config        string
+	user          string
+	maxConn       int
+	maxPerSource  int
+	stressAt      int
+	stressTimeout time.Duration
+	grace         time.Duration
 }
+
+const serveUsage = "usage: willi serve [-listen ADDR] [-config FILE] [-user NAME] [-max-conn N] [-max-per-source N] [-stress-at N] [-stress-timeout DURATION] [-grace DURATION]"
 
 func runServe(args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(os.Stderr)
 	var o serveOptions
-	fs.StringVar(&o.listen, "listen", "", "address to accept SMTP connections on, e.g. `ADDR` 127.0.0.1:2525 or [::]:25 (required)")
+	fs.StringVar(&o.listen, "listen", "", "address to accept SMTP connections on, e.g. `ADDR` 127.0.0.1:2525 or [::]:25 (required unless systemd passes a listening socket)")
 	fs.StringVar(&o.config, "config", defaultConfigFile, "config `FILE` handed to every child")
-	fs.IntVar(&o.maxConn, "max-conn", serveDefaultMaxConn, "most concurrent connections; more are answered 421 and closed")
-	fs.IntVar(&o.maxPerSource, "max-per-source", serveDefaultMaxPerSource, "most concurrent connections from one client address")
+	fs.StringVar(&o.user, "user", "", "run every session as this `NAME` (required when started as root)")
+	fs.IntVar(&o.maxConn, "max-conn", serveDefaultMaxConn, "most concurrent connections; more are answered 421 4.3.2 and closed")
+	fs.IntVar(&o.maxPerSource, "max-per-source", serveDefaultMaxPerSource, "most concurrent connections from one IPv4 address or IPv6 /64; more are answered 421 4.7.0")
+	fs.IntVar(&o.stressAt, "stress-at", 0, "from this many concurrent connections on, new sessions get -stress-timeout until MAIL FROM (default: 3/4 of -max-conn)")
+	fs.DurationVar(&o.stressTimeout, "stress-timeout", serveDefaultStressTimeout, "command timeout of sessions started under stress, until MAIL FROM")
 	fs.DurationVar(&o.grace, "grace", serveDefaultGrace, "on SIGTERM/SIGINT, how long sessions may run on before their children get SIGTERM")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: willi serve -listen ADDR [-config FILE] [-max-conn N] [-max-per-source N] [-grace DURATION]\n")
+		fmt.Fprintln(fs.Output(), serveUsage)
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -71,46 +84,60 @@ func runServe(args []string) int {
 		fs.Usage()
 		return 2
 	}
-	if o.listen == "" {
-		fmt.Fprintln(os.Stderr, "willi serve: -listen is required")
+	activated := os.Getenv("LISTEN_FDS") != ""
+	if o.listen == "" && !activated {
+		fmt.Fprintln(os.Stderr, "willi serve: -listen is required (or a listening socket passed by systemd)")
 		fs.Usage()
 		return 2
 	}
-	if o.maxConn < 1 || o.maxPerSource < 1 || o.grace < 0 {
-		fmt.Fprintln(os.Stderr, "willi serve: -max-conn and -max-per-source must be at least 1, -grace not negative")
+	if o.stressAt == 0 {
+		o.stressAt = max(1, o.maxConn*3/4)
+	}
+	if o.maxConn < 1 || o.maxPerSource < 1 || o.stressAt < 1 || o.grace < 0 || o.stressTimeout <= 0 {
+		fmt.Fprintln(os.Stderr, "willi serve: -max-conn, -max-per-source and -stress-at must be at least 1, -grace not negative, -stress-timeout positive")
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "serve")
 
 	// The children get an absolute path: the config is read afresh by each
 	// one, and a broken config is better reported now than per connection.
-	cfg, err := filepath.Abs(o.config)
+	cfgPath, err := filepath.Abs(o.config)
 	if err != nil {
 		log.Error("config path", "config", o.config, "err", err)
 		return 1
 	}
-	o.config = cfg
-	if _, err := loadConfig(o.config); err != nil {
+	o.config = cfgPath
+	cfg, err := loadConfig(o.config)
+	if err != nil {
 		log.Error("config is not usable; fix it (see willi check) and start again", "config", o.config, "err", strings.ReplaceAll(err.Error(), "\n", "; "))
 		return 1
 	}
+	cred, err := sessionCredential(o.user, os.Geteuid())
+	if err != nil {
+		log.Error("not starting: "+err.Error(), "user", o.user)
+		return 2
+	}
+
 	exe, err := os.Executable()
 	if err != nil {
 		log.Error("cannot find own executable", "err", err)
 		return 1
 	}
-	ln, err := net.Listen("tcp", o.listen)
+	ln, err := serveListener(o.listen, activated)
 	if err != nil {
 		log.Error("listen", "listen", o.listen, "err", err)
 		return 1
 	}
-	s := &server{opts: o, exe: exe, log: log, perSource: map[string]int{}, children: map[int]*exec.Cmd{}}
+	s := &server{opts: o, exe: exe, log: log, hostname: cfg.Hostname, cred: cred,
+		perSource: map[string]int{}, children: map[int]*exec.Cmd{}}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
 
-	log.Info("listening", "listen", ln.Addr().String(), "config", o.config, "max_conn", o.maxConn, "max_per_source", o.maxPerSource, "grace", o.grace.String(), "pid", os.Getpid())
+	log.Info("listening", "listen", ln.Addr().String(), "systemd_socket", o.listen == "", "config", o.config,
+		"user", cred.name, "max_conn", o.maxConn, "max_per_source", o.maxPerSource,
+		"stress_at", o.stressAt, "stress_timeout", o.stressTimeout.String(), "grace", o.grace.String(), "pid", os.Getpid())
 	acceptDone := make(chan error, 1)
 	go func() { acceptDone <- s.acceptLoop(ln) }()
 
@@ -122,6 +149,8 @@ func runServe(args []string) int {
 		log.Error("accept failed; stopping", "err", err)
 		status = 1
 	}
+	// Under systemd this closes only our copy: the socket unit keeps
+	// listening and the kernel queues new connections for the next serve.
 	ln.Close()
 	if status == 0 {
 		<-acceptDone
@@ -131,11 +160,41 @@ func runServe(args []string) int {
 	return status
 }
 
+// serveListener listens on addr, or takes the one listening socket systemd
+// passed (willi-serve.socket) when addr is empty.
+func serveListener(addr string, activated bool) (net.Listener, error) {
+	if addr != "" {
+		return net.Listen("tcp", addr)
+	}
+	if !activated {
+		return nil, errors.New("no address and no socket from systemd")
+	}
+	lns, err := activation.Listeners()
+	if err != nil {
+		return nil, err
+	}
+	var got []net.Listener
+	for _, l := range lns {
+		if l != nil {
+			got = append(got, l)
+		}
+	}
+	if len(got) != 1 {
+		for _, l := range got {
+			l.Close()
+		}
+		return nil, fmt.Errorf("systemd passed %d listening stream sockets, want 1 (Accept=no, one ListenStream=)", len(got))
+	}
+	return got[0], nil
+}
+
 // server holds the live children and the per-source counts.
 type server struct {
-	opts serveOptions
-	exe  string
-	log  *slog.Logger
+	opts     serveOptions
+	exe      string
+	log      *slog.Logger
+	hostname string // in the 421 replies, read from the config at start
+	cred     sessionUser
 
 	mu        sync.Mutex
 	total     int
@@ -181,54 +240,31 @@ func isTemporaryAcceptError(err error) bool {
 		errors.Is(err, syscall.ECONNABORTED) || errors.Is(err, syscall.EINTR)
 }
 
-// serveSource is the per-source key: the client's IP address (IPv4-mapped
-// IPv6 addresses count as their IPv4 address).
-func serveSource(a net.Addr) (ip string, port int) {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
-		return a.String(), 0
-	}
-	if v4 := ta.IP.To4(); v4 != nil {
-		return v4.String(), ta.Port
-	}
-	return ta.IP.String(), ta.Port
-}
-
 // handle admits or refuses one connection and starts its child.
 func (s *server) handle(c *net.TCPConn) {
 	ip, port := serveSource(c.RemoteAddr())
 	remote := net.JoinHostPort(ip, strconv.Itoa(port))
+	key := sourceKey(ip)
 
-	s.mu.Lock()
-	reason := ""
-	switch {
-	case s.total >= s.opts.maxConn:
-		reason = "too many connections, try again later"
-	case s.perSource[ip] >= s.opts.maxPerSource:
-		reason = "too many connections from your address, try again later"
-	default:
-		s.total++
-		s.perSource[ip]++
-	}
-	s.mu.Unlock()
-	if reason != "" {
-		s.log.Warn("refused", "remote", remote, "reason", reason)
-		go serveRefuse(c, reason)
+	refusal, stressed := s.admit(key)
+	if refusal != nil {
+		s.log.Warn("refused", "remote", remote, "source", key, "reply", refusal.code+" "+refusal.text)
+		go serveRefuse(c, s.hostname, *refusal)
 		return
 	}
 
-	cmd, err := s.start(c, ip, port)
+	cmd, err := s.start(c, ip, port, stressed)
 	if err != nil {
-		s.release(ip)
+		s.release(key)
 		s.log.Error("cannot start child", "remote", remote, "err", err)
-		go serveRefuse(c, "service temporarily unavailable")
+		go serveRefuse(c, s.hostname, refuseUnavailable)
 		return
 	}
 	pid := cmd.Process.Pid
 	s.mu.Lock()
 	s.children[pid] = cmd
 	s.mu.Unlock()
-	s.log.Debug("child started", "pid", pid, "remote", remote)
+	s.log.Debug("child started", "pid", pid, "remote", remote, "stress", stressed)
 
 	s.wg.Add(1)
 	go func() {
@@ -238,7 +274,7 @@ func (s *server) handle(c *net.TCPConn) {
 		s.mu.Lock()
 		delete(s.children, pid)
 		s.mu.Unlock()
-		s.release(ip)
+		s.release(key)
 		attrs := []any{"pid", pid, "remote", remote, "duration", time.Since(start).Round(time.Millisecond).String()}
 		var ee *exec.ExitError
 		switch {
@@ -258,7 +294,7 @@ func (s *server) handle(c *net.TCPConn) {
 
 // start hands the connection to a new child as standard input and output.
 // Our copies of the socket are closed once the child has its own.
-func (s *server) start(c *net.TCPConn, ip string, port int) (*exec.Cmd, error) {
+func (s *server) start(c *net.TCPConn, ip string, port int, stressed bool) (*exec.Cmd, error) {
 	defer c.Close()
 	f, err := c.File() // a blocking duplicate, as inetd hands it over
 	if err != nil {
@@ -271,9 +307,12 @@ func (s *server) start(c *net.TCPConn, ip string, port int) (*exec.Cmd, error) {
 	cmd.Stdout = f
 	cmd.Stderr = os.Stderr
 	cmd.Env = serveChildEnv(os.Environ(), ip, port)
+	if stressed {
+		cmd.Env = append(cmd.Env, stressEnv+"="+s.opts.stressTimeout.String())
+	}
 	// Own process group: a ^C in the terminal reaches willi serve only,
 	// which then lets the sessions finish.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.cred.credential}
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
@@ -281,16 +320,16 @@ func (s *server) start(c *net.TCPConn, ip string, port int) (*exec.Cmd, error) {
 }
 
 // serveChildEnv is our environment without socket-activation variables
-// (they would point the child at the wrong fd) plus the client's address,
-// named as systemd names it, and GOMAXPROCS=1 unless set (one session needs
-// one CPU; as willi@.service sets it).
+// (they would point the child at the wrong fd) or a stress mark of our own,
+// plus the client's address, named as systemd names it, and GOMAXPROCS=1
+// unless set (one session needs one CPU; as willi@.service sets it).
 func serveChildEnv(env []string, ip string, port int) []string {
-	out := make([]string, 0, len(env)+3)
+	out := make([]string, 0, len(env)+4)
 	procs := false
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
 		switch k {
-		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "REMOTE_ADDR", "REMOTE_PORT":
+		case "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "REMOTE_ADDR", "REMOTE_PORT", stressEnv:
 			continue
 		case "GOMAXPROCS":
 			procs = true
@@ -301,29 +340,6 @@ func serveChildEnv(env []string, ip string, port int) []string {
 		out = append(out, "GOMAXPROCS=1")
 	}
 	return append(out, "REMOTE_ADDR="+ip, "REMOTE_PORT="+strconv.Itoa(port))
-}
-
-func (s *server) release(ip string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.total--
-	if s.perSource[ip]--; s.perSource[ip] <= 0 {
-		delete(s.perSource, ip)
-	}
-}
-
-// serveRefuse answers 421 and closes without reading what the client sent.
-func serveRefuse(c net.Conn, reason string) {
-	defer c.Close()
-	c.SetWriteDeadline(time.Now().Add(serveRefuseTimeout))
-	io.WriteString(c, "421 4.7.0 "+reason+"\r\n")
-	if tc, ok := c.(*net.TCPConn); ok {
-		// Let the reply leave before the close; drop anything unread
-		// without a reset racing it.
-		tc.CloseWrite()
-		c.SetReadDeadline(time.Now().Add(time.Second))
-		io.Copy(io.Discard, io.LimitReader(c, 64<<10))
-	}
 }
 
 // drain waits for the children: up to the grace period, then SIGTERM, then

@@ -275,7 +275,7 @@ func (s *Session) readCommand() (string, *Reply, error) {
 			return "", nil, err
 		}
 	}
-	s.conn.SetReadDeadline(s.deadline(s.cfg.CommandTimeout.Duration))
+	s.conn.SetReadDeadline(s.deadline(s.commandTimeout()))
 	first, err := s.r.Peek(1)
 	if err != nil {
 		return "", nil, err

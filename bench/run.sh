@@ -13,6 +13,11 @@
 #   nginx   nginx's mail proxy relaying to smtp-sink (smtp_auth none,
 #           auth_http answered by nginx itself)
 #
+# Then, as root, the container columns (bench/container.sh): willi under a
+# real systemd in the booted test container, per-connection units
+# (willi.socket), willi serve's units (willi-serve.socket) and
+# systemd-socket-activate there, at 1 and 20 clients and 200 at once.
+#
 # Loads: 1 message per session, 10 messages per session, one 20 MB message,
 # idle connections held after RCPT (private memory per connection), peak RSS
 # and CPU of one process (also with a 1 GiB message), connect-to-banner
@@ -21,8 +26,9 @@
 # Environment: BENCH_QUICK=1 (a few seconds, for the smoke test),
 # BENCH_RUNS=N (default 3), BENCH_OUT=DIR (default bench/out),
 # BENCH_XCLIENT=0 (nginx xclient off, willi client_address none),
-# BENCH_STRICT=1 (exit 2 when a goal is missed). Exit 1 when a load failed
-# or the sink missed a message. See bench/README.md.
+# BENCH_STRICT=1 (exit 2 when a goal is missed), BENCH_CONTAINER=0 (skip
+# the container columns) or BENCH_CONTAINER=only (run just those). Exit 1
+# when a load failed or the sink missed a message. See bench/README.md.
 set -uo pipefail
 export LC_ALL=C
 export PATH="$PATH:/usr/local/go/bin:/usr/sbin:/sbin"
@@ -33,6 +39,10 @@ OUT=${BENCH_OUT:-$HERE/out}
 QUICK=${BENCH_QUICK:-0}
 XCLIENT=${BENCH_XCLIENT:-1}
 STRICT=${BENCH_STRICT:-0}
+CONTAINER=${BENCH_CONTAINER:-1}
+if [ "$CONTAINER" = only ]; then
+	exec bash "$HERE/container.sh"
+fi
 
 if [ "$QUICK" = 1 ]; then
 	RUNS=${BENCH_RUNS:-1}
@@ -212,7 +222,10 @@ start_deps() { activate "$1" deps "$OUT/bin/deps"; }
 start_pipe() { activate "$1" pipe "$OUT/bin/pipe" "127.0.0.1:$PORT_sink"; }
 start_willi() { activate "$1" willi "$OUT/bin/willi" -config "$OUT/willi.conf"; }
 start_serve() {
-	"$OUT/bin/willi" serve -listen "127.0.0.1:$1" -config "$OUT/willi.conf" -max-conn 1000 -max-per-source 1000 \
+	# willi serve never runs a session as root.
+	local as=()
+	if [ "$(id -u)" -eq 0 ]; then as=(-user nobody); fi
+	"$OUT/bin/willi" serve -listen "127.0.0.1:$1" -config "$OUT/willi.conf" -max-conn 1000 -max-per-source 1000 "${as[@]}" \
 		>/dev/null 2>"$OUT/log/serve.err" &
 	LAUNCHED_PID=$!
 }
@@ -690,6 +703,18 @@ info "msgs/s, 10 msgs/session: willi / nginx" "$(med msg10_rate willi)" "$(med m
 info "$BIG_MB MB throughput: willi / nginx" "$(med big_mbps willi)" "$(med big_mbps nginx)"
 info "CPU ms per MB (DATA only): willi / nginx workers" "$(med cpu_big_data_ms_per_mb willi)" "$(med cpu_ms_per_mb nginx)"
 info "banner latency: willi / nginx" "$(med banner_ms willi)" "$(med banner_ms nginx)"
+
+# The container columns, as root (systemd-nspawn).
+if [ "$CONTAINER" != 0 ]; then
+	cleanup # the host columns' processes are done
+	if [ "$(id -u)" -ne 0 ]; then
+		say "container columns skipped: they need root (BENCH_CONTAINER=0 says so quietly)"
+	else
+		echo | tee -a "$OUT/table.txt"
+		bash "$HERE/container.sh" | tee -a "$OUT/table.txt"
+		[ "${PIPESTATUS[0]}" -eq 0 ] || fail "bench/container.sh failed"
+	fi
+fi
 
 ELAPSED=$((($(now_us) - START_US) / 1000000))
 {

@@ -29,10 +29,14 @@ import (
 // deployReleaseFiles are the files a release ships besides the binary, as in
 // the Makefile's RELEASE_FILES.
 var deployReleaseFiles = []string{
-	"install.sh", "willi.socket", "willi@.service", "README.md", "LICENSE",
+	"install.sh", "willi.socket", "willi@.service", "willi-serve.socket", "willi-serve.service",
+	"README.md", "LICENSE",
 	"contrib/xinetd/willi", "contrib/tcpserver/run",
 	"etc/willi.conf.example", "etc/routes.csv.example",
 }
+
+// deployUnits are the systemd units install.sh installs.
+var deployUnits = []string{"willi.socket", "willi@.service", "willi-serve.socket", "willi-serve.service"}
 
 // deployExposureGoal is the issue's goal for systemd-analyze security.
 const deployExposureGoal = 1.5
@@ -231,6 +235,10 @@ func TestDeployInstallScratchRoot(t *testing.T) {
 		{path: "opt/willi/share/LICENSE", mode: 0o644},
 		{path: "etc/systemd/system/willi.socket", mode: 0o644},
 		{path: "etc/systemd/system/willi@.service", mode: 0o644},
+		{path: "etc/systemd/system/willi-serve.socket", mode: 0o644},
+		{path: "etc/systemd/system/willi-serve.service", mode: 0o644},
+		{path: "opt/willi/share/systemd/willi-serve.socket", mode: 0o644},
+		{path: "opt/willi/share/systemd/willi-serve.service", mode: 0o644},
 		{path: "etc/xinetd.d/willi", mode: 0o644},
 	}
 	deployCheckFiles(t, root, want)
@@ -242,7 +250,7 @@ func TestDeployInstallScratchRoot(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^\s*disable\s*=\s*yes\s*$`).Match(xinetd) {
 		t.Errorf("/etc/xinetd.d/willi is not installed disabled:\n%s", xinetd)
 	}
-	for _, f := range []string{"willi.socket", "willi@.service"} {
+	for _, f := range deployUnits {
 		got, _ := os.ReadFile(filepath.Join(root, "etc/systemd/system", f))
 		src, _ := os.ReadFile(f)
 		if !bytes.Equal(got, src) {
@@ -289,7 +297,8 @@ func TestDeployInstallScratchRoot(t *testing.T) {
 	out = deployInstall(t, release, root, "--uninstall")
 	t.Logf("install.sh --uninstall:\n%s", out)
 	for _, gone := range []string{"opt/willi/bin/willi", "opt/willi/bin", "opt/willi/share",
-		"etc/systemd/system/willi.socket", "etc/systemd/system/willi@.service"} {
+		"etc/systemd/system/willi.socket", "etc/systemd/system/willi@.service",
+		"etc/systemd/system/willi-serve.socket", "etc/systemd/system/willi-serve.service"} {
 		if _, err := os.Lstat(filepath.Join(root, gone)); !os.IsNotExist(err) {
 			t.Errorf("after uninstall %s is still there (%v)", gone, err)
 		}
@@ -363,14 +372,14 @@ func deploySystemdRoot(t testing.TB) string {
 func TestDeploySystemdVerify(t *testing.T) {
 	sa := needProgram(t, "systemd-analyze")
 	root := deploySystemdRoot(t)
-	out, err := deployRun(t, 2*time.Minute, nil, sa, "verify", "--root="+root, "willi.socket", "willi@.service")
+	out, err := deployRun(t, 2*time.Minute, nil, sa, append([]string{"verify", "--root=" + root}, deployUnits...)...)
 	// verify exits 0 on some problems it only warns about: any output is one.
 	if err != nil || strings.TrimSpace(out) != "" {
 		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
 	}
 	// Without the binary the check must fail: it really looked.
 	os.Remove(filepath.Join(root, "opt/willi/bin/willi"))
-	out, err = deployRun(t, 2*time.Minute, nil, sa, "verify", "--root="+root, "willi.socket", "willi@.service")
+	out, err = deployRun(t, 2*time.Minute, nil, sa, append([]string{"verify", "--root=" + root}, deployUnits...)...)
 	if err == nil || !strings.Contains(out, "/opt/willi/bin/willi") {
 		t.Fatalf("systemd-analyze verify without the binary: err %v\n%s", err, out)
 	}
@@ -379,7 +388,10 @@ func TestDeploySystemdVerify(t *testing.T) {
 	sock, _ := os.ReadFile("willi.socket")
 	svc, _ := os.ReadFile("willi@.service")
 	for _, re := range []string{`(?m)^Accept=yes$`, `(?m)^ListenStream=25$`, `(?m)^BindIPv6Only=both$`,
-		`(?m)^MaxConnections=\d+$`, `(?m)^MaxConnectionsPerSource=\d+$`, `(?m)^WantedBy=sockets.target$`} {
+		`(?m)^MaxConnections=\d+$`, `(?m)^MaxConnectionsPerSource=\d+$`, `(?m)^WantedBy=sockets.target$`,
+		// No trigger limit: a burst of connections cannot put the socket
+		// in "failed (trigger-limit-hit)" (TestSystemdNoClientStopsTheListener).
+		`(?m)^TriggerLimitIntervalSec=0$`, `(?m)^Conflicts=willi-serve.socket$`} {
 		if !regexp.MustCompile(re).Match(sock) {
 			t.Errorf("willi.socket lacks %s", re)
 		}
@@ -400,23 +412,44 @@ func TestDeploySystemdVerify(t *testing.T) {
 	if regexp.MustCompile(`(?m)^StandardInput=socket`).Match(svc) {
 		t.Errorf("willi@.service hands the socket as standard input; the design uses fd 3")
 	}
+
+	// willi serve's pair: systemd's listening socket to one willi serve,
+	// which lets sessions finish on stop (SIGTERM to it alone).
+	ssock, _ := os.ReadFile("willi-serve.socket")
+	ssvc, _ := os.ReadFile("willi-serve.service")
+	for _, re := range []string{`(?m)^Accept=no$`, `(?m)^ListenStream=25$`, `(?m)^BindIPv6Only=both$`,
+		`(?m)^Conflicts=willi.socket$`, `(?m)^WantedBy=sockets.target$`} {
+		if !regexp.MustCompile(re).Match(ssock) {
+			t.Errorf("willi-serve.socket lacks %s", re)
+		}
+	}
+	for _, re := range []string{`(?m)^ExecStart=/opt/willi/bin/willi serve -config /opt/willi/etc/willi.conf$`,
+		`(?m)^User=willi$`, `(?m)^KillMode=mixed$`, `(?m)^TimeoutStopSec=\S+$`, `(?m)^StandardError=journal$`,
+		`(?m)^NoNewPrivileges=yes$`, `(?m)^ProtectSystem=strict$`, `(?m)^CapabilityBoundingSet=$`,
+		`(?m)^SystemCallFilter=@system-service$`, `(?m)^MemoryMax=\S+$`, `(?m)^TasksMax=\d+$`} {
+		if !regexp.MustCompile(re).Match(ssvc) {
+			t.Errorf("willi-serve.service lacks %s", re)
+		}
+	}
 }
 
 func TestDeploySystemdSecurity(t *testing.T) {
 	sa := needProgram(t, "systemd-analyze")
 	root := deploySystemdRoot(t)
-	out, err := deployRun(t, 2*time.Minute, nil, sa, "security", "--offline=yes", "--root="+root, "willi@.service")
-	if err != nil {
-		t.Fatalf("systemd-analyze security: %v\n%s", err, out)
-	}
-	m := regexp.MustCompile(`Overall exposure level for willi@\S*: ([0-9.]+) (\S+)`).FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("no overall exposure level in:\n%s", out)
-	}
-	exposure, _ := strconv.ParseFloat(m[1], 64)
-	t.Logf("systemd-analyze security willi@.service: exposure %.1f %s (goal <= %.1f)", exposure, m[2], deployExposureGoal)
-	if exposure > deployExposureGoal {
-		t.Errorf("exposure %.1f is above the goal %.1f:\n%s", exposure, deployExposureGoal, out)
+	for _, unit := range []string{"willi@.service", "willi-serve.service"} {
+		out, err := deployRun(t, 2*time.Minute, nil, sa, "security", "--offline=yes", "--root="+root, unit)
+		if err != nil {
+			t.Fatalf("systemd-analyze security %s: %v\n%s", unit, err, out)
+		}
+		m := regexp.MustCompile(`Overall exposure level for \S*: ([0-9.]+) (\S+)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no overall exposure level in:\n%s", out)
+		}
+		exposure, _ := strconv.ParseFloat(m[1], 64)
+		t.Logf("systemd-analyze security %s: exposure %.1f %s (goal <= %.1f)", unit, exposure, m[2], deployExposureGoal)
+		if exposure > deployExposureGoal {
+			t.Errorf("%s: exposure %.1f is above the goal %.1f:\n%s", unit, exposure, deployExposureGoal, out)
+		}
 	}
 }
 

@@ -5,7 +5,8 @@ set -eu
 
 PACKAGES="postfix swaks libnet-ssleay-perl libio-socket-ssl-perl python3 mariadb-server mariadb-client xinetd ucspi-tcp
 haproxy nginx libnginx-mod-mail openssl systemd procps make git ca-certificates
-util-linux libidn12 libgnutls-dane0 libgnutls30 libdb5.3 libpcre2-8-0 libnsl2 libcrypt1"
+util-linux libidn12 libgnutls-dane0 libgnutls30 libdb5.3 libpcre2-8-0 libnsl2 libcrypt1
+systemd-container debootstrap"
 
 missing=""
 for p in $PACKAGES; do
@@ -59,7 +60,8 @@ fi
 
 for prog in /usr/sbin/smtp-sink /usr/sbin/postfix /usr/bin/swaks /usr/bin/python3 \
 	/usr/bin/systemd-socket-activate /usr/bin/tcpserver /usr/sbin/haproxy \
-	/usr/sbin/xinetd /usr/sbin/nginx /usr/bin/openssl /usr/sbin/mariadbd; do
+	/usr/sbin/xinetd /usr/sbin/nginx /usr/bin/openssl /usr/sbin/mariadbd \
+	/usr/bin/systemd-nspawn /usr/bin/nsenter /usr/sbin/debootstrap; do
 	if [ ! -x "$prog" ]; then
 		echo "test/deps.sh: $prog is still missing" >&2
 		exit 1
@@ -114,3 +116,59 @@ for prog in /usr/bin/unshare /usr/bin/mount /usr/sbin/postqueue; do
 		exit 1
 	fi
 done
+
+# The systemd test bed: a Debian 12 root that the container tests boot with
+# systemd-nspawn (test/container_test.go), each run on a throw-away overlay.
+# Built once (about 2 min, 440 MiB) under /var/cache/willi-test and rebuilt
+# only when ROOT_PACKAGES or ROOT_RECIPE change. postfix is there for
+# smtp-sink (the upstream) and smtp-source; its own service is disabled.
+ROOT_PACKAGES="systemd,systemd-sysv,dbus,postfix,procps,iproute2,libpam-systemd"
+ROOT_RECIPE=1
+ROOT_CACHE=${WILLI_TEST_CACHE:-/var/cache/willi-test}
+root_key=$(printf '%s %s\n' "$ROOT_PACKAGES" "$ROOT_RECIPE" | sha256sum | cut -c1-12)
+root_dir=$ROOT_CACHE/root-$root_key
+
+# The Debian mirror apt is configured with (deb822 or one-line format).
+debian_mirror() {
+	awk '
+		/^URIs:/ { uris = $2 }
+		/^Suites:/ { for (i = 2; i <= NF; i++) if ($i == "bookworm") ok = 1 }
+		/^$/ { if (ok && uris != "") { print uris; exit } ok = 0; uris = "" }
+		$1 == "deb" && $3 == "bookworm" { print $2; exit }
+		END { if (ok && uris != "") print uris }
+	' /etc/apt/sources.list.d/*.sources /etc/apt/sources.list 2>/dev/null | head -n 1
+}
+
+if [ ! -f "$root_dir/.willi-test-root" ]; then
+	if [ "$(id -u)" != 0 ]; then
+		echo "test/deps.sh: the container root $root_dir is missing (run as root to build it)" >&2
+		exit 1
+	fi
+	mirror=$(debian_mirror)
+	mirror=${mirror:-http://deb.debian.org/debian}
+	echo "test/deps.sh: building the container root $root_dir from $mirror"
+	mkdir -p "$ROOT_CACHE"
+	rm -rf "$root_dir.tmp"
+	debootstrap --variant=minbase --include="$ROOT_PACKAGES" bookworm "$root_dir.tmp" "$mirror" >"$ROOT_CACHE/debootstrap.log" 2>&1 || {
+		tail -n 30 "$ROOT_CACHE/debootstrap.log" >&2
+		echo "test/deps.sh: debootstrap failed (log: $ROOT_CACHE/debootstrap.log)" >&2
+		exit 1
+	}
+	# Boot fast and quietly; nothing but the tests may listen on port 25.
+	chroot "$root_dir.tmp" systemctl disable postfix.service >/dev/null 2>&1 || true
+	for unit in postfix.service getty@tty1.service console-getty.service \
+		systemd-timesyncd.service apt-daily.timer apt-daily-upgrade.timer \
+		e2scrub_all.timer e2scrub_reap.service fstrim.timer man-db.timer dpkg-db-backup.timer; do
+		ln -sfn /dev/null "$root_dir.tmp/etc/systemd/system/$unit"
+	done
+	echo willi-test >"$root_dir.tmp/etc/hostname"
+	printf '127.0.0.1 localhost willi-test\n::1 localhost\n' >"$root_dir.tmp/etc/hosts"
+	rm -rf "$root_dir.tmp/var/cache/apt/archives/"*.deb "$root_dir.tmp/var/lib/apt/lists/"*
+	touch "$root_dir.tmp/.willi-test-root"
+	# Older roots (another package list) go; the new one appears whole.
+	for old in "$ROOT_CACHE"/root-*; do
+		[ -d "$old" ] && [ "$old" != "$root_dir.tmp" ] && rm -rf "$old"
+	done
+	mv "$root_dir.tmp" "$root_dir"
+fi
+ln -sfn "$(basename "$root_dir")" "$ROOT_CACHE/root.new" && mv -T "$ROOT_CACHE/root.new" "$ROOT_CACHE/root"

@@ -40,7 +40,8 @@ func startServe(t testing.TB, conf string, extra ...string) *serveProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.Cmd = exec.Command(bin, append([]string{"serve", "-listen", addr, "-config", conf}, extra...)...)
+	args := append([]string{"serve", "-listen", addr, "-config", conf}, serveUserArgs(t, bin, conf)...)
+	p.Cmd = exec.Command(bin, append(args, extra...)...)
 	p.Cmd.Stdout, p.Cmd.Stderr = lf, lf
 	p.Cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := p.Cmd.Start(); err != nil {
@@ -143,6 +144,29 @@ func serveAlive(pid int) bool {
 	return i >= 0 && !strings.HasPrefix(strings.TrimSpace(s[i+1:]), "Z")
 }
 
+// serveUserArgs: as root (CI), sessions run as nobody, since willi serve
+// never runs one as root; the binary and the test's files (paths and the
+// folders above them) are then opened to all users.
+func serveUserArgs(t testing.TB, paths ...string) []string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	for _, p := range paths {
+		for dir := filepath.Dir(p); dir != "/" && dir != "."; dir = filepath.Dir(dir) {
+			if fi, err := os.Stat(dir); err == nil && fi.Mode().Perm()&0o005 != 0o005 {
+				if err := os.Chmod(dir, fi.Mode().Perm()|0o755); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o004 == 0 {
+			os.Chmod(p, fi.Mode().Perm()|0o444)
+		}
+	}
+	return []string{"-user", "nobody"}
+}
+
 // serveRoutedConfig routes example.com to the sink.
 func serveRoutedConfig(t testing.TB, sinkAddr string) string {
 	t.Helper()
@@ -153,13 +177,14 @@ func serveRoutedConfig(t testing.TB, sinkAddr string) string {
 	return writeConfig(t, dir, "hostname = \"willi.test\"\n[[mapping]]\ntype = \"csv\"\nfile = \"routes.csv\"\n")
 }
 
-// serveExpectRefused reads a 421 4.7.0 and then the end of the connection.
-func serveExpectRefused(t testing.TB, addr, src string) {
+// serveExpectRefused reads a 421 with the enhanced code (4.7.0 per source,
+// 4.3.2 busy) and the server's name, then the end of the connection.
+func serveExpectRefused(t testing.TB, addr, src, code string) {
 	t.Helper()
 	c := dialSMTP(t, addr, src)
 	r := c.expect(421)
-	if !strings.HasPrefix(r.Lines[0], "421 4.7.0 ") {
-		t.Errorf("refusal %q lacks 4.7.0", r.Lines[0])
+	if !strings.HasPrefix(r.Lines[0], "421 "+code+" willi.test ") {
+		t.Errorf("refusal %q, want 421 %s willi.test ...", r.Lines[0], code)
 	}
 	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if n, err := io.Copy(io.Discard, c.conn); err != nil || n != 0 {
@@ -275,12 +300,12 @@ func TestServeLimits(t *testing.T) {
 	a2 := dialSMTP(t, p.Addr, "127.0.0.1")
 	a2.expect(220)
 	// A third from 127.0.0.1: past the per-source limit.
-	serveExpectRefused(t, p.Addr, "127.0.0.1")
+	serveExpectRefused(t, p.Addr, "127.0.0.1", "4.7.0")
 	// Another address still gets in: 3 sessions now.
 	b1 := dialSMTP(t, p.Addr, "127.0.0.2")
 	b1.expect(220)
-	// A fourth from a fresh address: past the overall limit.
-	serveExpectRefused(t, p.Addr, "127.0.0.3")
+	// A fourth from a fresh address: past the overall limit (busy).
+	serveExpectRefused(t, p.Addr, "127.0.0.3", "4.3.2")
 	refused := p.waitLog(t, `msg=refused`, 2, 5*time.Second)
 	if !strings.Contains(refused[0], "from your address") || !strings.Contains(refused[1], "too many connections") {
 		t.Errorf("refusal log lines: %q", refused)
@@ -402,16 +427,28 @@ func TestServeRefusesToStart(t *testing.T) {
 	bin := buildWilli(t)
 	dir := t.TempDir()
 	bad := writeConfig(t, dir, "no_such_key = 1\n")
+	good := serveRoutedConfig(t, "127.0.0.1:1")
+	asRoot := []string{"serve", "-listen", "127.0.0.1:0", "-config", good}
+	if os.Geteuid() != 0 {
+		// Not root: the refusal to run sessions as root is shown by
+		// -user root below; this row then names a user we are not.
+		asRoot = append(asRoot, "-user", "nobody")
+	}
 	for _, tc := range []struct {
 		args   []string
 		status int
 		says   string
 	}{
 		{[]string{"serve"}, 2, "-listen is required"},
+		{asRoot, 2, "root"},
 		{[]string{"serve", "-listen", "127.0.0.1:0", "-max-conn", "0", "-config", bad}, 2, "at least 1"},
 		{[]string{"serve", "-listen", "127.0.0.1:0", "-config", filepath.Join(dir, "missing.conf")}, 1, "config is not usable"},
 		{[]string{"serve", "-listen", "127.0.0.1:0", "-config", bad}, 1, "no_such_key"},
-		{[]string{"serve", "-listen", "256.0.0.1:25", "-config", serveRoutedConfig(t, "127.0.0.1:1")}, 1, "listen"},
+		{append([]string{"serve", "-listen", "256.0.0.1:25", "-config", good}, serveUserArgs(t)...), 1, "listen"},
+		// Sessions never run as root.
+		{[]string{"serve", "-listen", "127.0.0.1:0", "-config", good, "-user", "root"}, 2, "never run as root"},
+		{[]string{"serve", "-listen", "127.0.0.1:0", "-config", good, "-user", "no-such-user-willi"}, 2, "no-such-user-willi"},
+		{[]string{"serve", "-listen", "127.0.0.1:0", "-config", good, "-stress-timeout", "0s"}, 2, "positive"},
 	} {
 		out, err := deployRun(t, time.Minute, nil, bin, tc.args...)
 		st := 0
