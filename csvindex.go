@@ -28,10 +28,13 @@ import (
 // "meta" holds one record: the format version, the identity of the CSV it
 // was built from and, for a malformed CSV, its fault. Bucket "routes" maps
 // each pattern (after a 2-byte hash prefix that spreads the patterns over
-// the build's passes) to its first row's server. Every record ends with a
-// CRC-32C of its key and value, and a lookup checks the records on both
-// sides of the key it seeks, so a damaged index is noticed, not trusted.
-const csvIndexVersion = "willi csv index 1\n"
+// the build's passes) to its first row's server, then the CRC-32C of the
+// key before it in the index (0 for the first; meta holds the last key's),
+// then a CRC-32C of all that. A hit is proven by its record's CRC; a miss
+// by two whole records that sort around the key and name each other as
+// neighbours. So a damaged index, its tree included, is noticed, never
+// trusted (an answer from it is one the CSV gives).
+const csvIndexVersion = "willi csv index 2\n"
 
 // csvIndexPassBytes bounds the CSV bytes one build pass holds in memory, and
 // csvIndexMemory the heap the build lets the garbage collector leave: the
@@ -120,7 +123,8 @@ type csvIndex struct {
 	db     *bolt.DB
 	tx     *bolt.Tx
 	routes *bolt.Bucket
-	err    error // the CSV's fault, for a malformed CSV
+	last   uint32 // the CRC of the last key
+	err    error  // the CSV's fault, for a malformed CSV
 }
 
 func (x *csvIndex) close() {
@@ -167,10 +171,11 @@ func openCSVIndex(file, dir string, f *os.File) (x *csvIndex, why string) {
 		return x, "index corrupt"
 	case !bytes.HasPrefix(v, []byte(csvIndexVersion)):
 		return x, "index from another version"
-	case !bytes.HasPrefix(v[len(csvIndexVersion):], id):
+	case !bytes.HasPrefix(v[len(csvIndexVersion):], id) || len(v) < len(csvIndexVersion)+len(id)+4:
 		return x, "index stale"
 	}
-	if v = v[len(csvIndexVersion)+len(id):]; len(v) > 0 {
+	v = v[len(csvIndexVersion)+len(id):]
+	if x.last, v = binary.BigEndian.Uint32(v), v[4:]; len(v) > 0 {
 		line, n := binary.Uvarint(v)
 		x.err = &csvError{file, int(line), string(v[n:])}
 	} else if x.routes = x.tx.Bucket([]byte("routes")); x.routes == nil {
@@ -196,26 +201,50 @@ func (x *csvIndex) lookup(keys []string) (out []csvAnswer, err error) {
 		key := csvAppendKey(nil, k)
 		c := x.routes.Cursor()
 		nk, nv := c.Seek(key)
-		if nk != nil {
-			v, ok := csvUnseal(nk, nv)
-			if !ok || bytes.Compare(nk, key) < 0 {
-				return nil, errCSVIndexCorrupt
-			}
-			if bytes.Equal(nk, key) {
-				out[i] = csvAnswer{string(v), true}
-				continue
-			}
+		next, nextPrev, ok := csvRecord(nk, nv)
+		if !ok || nk != nil && bytes.Compare(nk, key) < 0 {
+			return nil, errCSVIndexCorrupt
 		}
-		// A miss: the record before must be whole and sort before the key.
+		if nk != nil && bytes.Equal(nk, key) {
+			out[i] = csvAnswer{string(next), true}
+			continue
+		}
+		// A miss: the records around the key must be neighbours.
 		pk, pv := c.Prev()
 		if nk == nil {
 			pk, pv = c.Last()
 		}
-		if _, ok := csvUnseal(pk, pv); pk != nil && (!ok || bytes.Compare(pk, key) >= 0) {
+		_, _, ok = csvRecord(pk, pv)
+		if !ok || pk != nil && bytes.Compare(pk, key) >= 0 {
+			return nil, errCSVIndexCorrupt
+		}
+		if nk == nil && csvKeySum(pk) != x.last || nk != nil && csvKeySum(pk) != nextPrev {
 			return nil, errCSVIndexCorrupt
 		}
 	}
 	return out, nil
+}
+
+// csvRecord unseals a record: the server and the CRC of the key before
+// it; ok is false for a damaged one. No record (k nil) is whole.
+func csvRecord(k, v []byte) (server []byte, prev uint32, ok bool) {
+	if k == nil {
+		return nil, 0, true
+	}
+	u, ok := csvUnseal(k, v)
+	if !ok || len(u) < 4 {
+		return nil, 0, false
+	}
+	return u[:len(u)-4], binary.BigEndian.Uint32(u[len(u)-4:]), true
+}
+
+// csvKeySum is the CRC by which a record names the key before it; 0 for
+// none.
+func csvKeySum(k []byte) uint32 {
+	if k == nil {
+		return 0
+	}
+	return crc32.Checksum(k, csvCRC) | 1
 }
 
 // lockCSVIndex takes the rebuild lock of file's index, waiting for it or not.
@@ -291,8 +320,8 @@ func buildCSVIndex(file, dir string) (int, error) {
 	defer db.Close()
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(csvIndexMemory))
 	passes := 1 + int(fi.Size()/csvIndexPassBytes)
-	type ent struct{ off, klen, vlen int } // a row in the arena: key, server, CRC
-	var fault []byte
+	type ent struct{ off, klen, vlen int } // a row in the arena: key, server
+	var fault, prev []byte                 // prev: the last key put, across passes
 	sum, rows, patterns := crc32.New(csvCRC), 0, 0
 	for pass := 0; pass < passes && fault == nil; pass++ {
 		var r io.Reader = io.NewSectionReader(f, 0, 1<<62)
@@ -309,9 +338,8 @@ func buildCSVIndex(file, dir string) (int, error) {
 				arena = arena[:off]
 				return nil
 			}
-			ents = append(ents, ent{off, len(arena) - off, len(server) + 4})
+			ents = append(ents, ent{off, len(arena) - off, len(server)})
 			arena = append(arena, server...)
-			arena = binary.BigEndian.AppendUint32(arena, crc32.Checksum(arena[off:], csvCRC))
 			return nil
 		})
 		if ce := (*csvError)(nil); errors.As(err, &ce) {
@@ -329,8 +357,11 @@ func buildCSVIndex(file, dir string) (int, error) {
 				b, err := tx.CreateBucketIfNotExists([]byte("routes"))
 				for n := 0; b != nil && err == nil && i < len(ents) && n < 1<<16; i, n = i+1, n+1 {
 					b.FillPercent = 1 // appended in order: full pages
-					if i == 0 || !bytes.Equal(key(ents[i]), key(ents[i-1])) {
-						err = b.Put(key(ents[i]), arena[ents[i].off+ents[i].klen:][:ents[i].vlen])
+					if k := key(ents[i]); i == 0 || !bytes.Equal(k, key(ents[i-1])) {
+						v := append(slices.Clip(arena[ents[i].off+ents[i].klen:][:ents[i].vlen]), 0, 0, 0, 0)
+						binary.BigEndian.PutUint32(v[len(v)-4:], csvKeySum(prev))
+						err = b.Put(k, binary.BigEndian.AppendUint32(v, csvSum(k, v)))
+						prev = append(prev[:0], k...)
 						patterns++
 					}
 				}
@@ -346,7 +377,8 @@ func buildCSVIndex(file, dir string) (int, error) {
 		if err == nil {
 			_, err = tx.CreateBucketIfNotExists([]byte("routes"))
 		}
-		v := append(append([]byte(csvIndexVersion), id...), fault...)
+		v := binary.BigEndian.AppendUint32(append([]byte(csvIndexVersion), id...), csvKeySum(prev))
+		v = append(v, fault...)
 		v = binary.BigEndian.AppendUint32(v, csvSum([]byte("csv"), v))
 		return cmp.Or(err, meta.Put([]byte("csv"), v))
 	})
@@ -392,16 +424,19 @@ func checkCSVIndex(file, dir string, routes map[string]string, fault error) (str
 	x, why := openCSVIndex(file, dir, f)
 	f.Close()
 	if x != nil {
-		// Each record whole, under its pattern's key, with its server.
-		n, whole := 0, x.routes != nil
+		// Each record whole, under its pattern's key, with its server,
+		// naming the key before it.
+		n, whole, prev := 0, x.routes != nil, []byte(nil)
 		if whole {
 			x.routes.ForEach(func(k, v []byte) error {
-				v, ok := csvUnseal(k, v)
+				v, before, ok := csvRecord(k, v)
 				pattern := string(k[min(2, len(k)):])
 				s, found := routes[pattern]
-				whole, n = whole && ok && found && s == string(v) && bytes.Equal(csvAppendKey(nil, pattern), k), n+1
+				whole = whole && ok && found && s == string(v) && bytes.Equal(csvAppendKey(nil, pattern), k) && before == csvKeySum(prev)
+				n, prev = n+1, k
 				return nil
 			})
+			whole = whole && csvKeySum(prev) == x.last
 		}
 		x.close()
 		if whole && n == len(routes) || fault != nil && x.err != nil && x.err.Error() == fault.Error() {
