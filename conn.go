@@ -124,21 +124,28 @@ func unmap(ip net.IP) net.IP {
 // already expired deadline cannot tell: Go fails it before reading. Pipes
 // cannot be peeked at and report false.
 func inputPending(conn net.Conn) bool {
+	n, ok, _ := peek(conn)
+	return ok && n > 0
+}
+
+// peek looks at a socket's receive queue without waiting: n > 0 octets are
+// there, n == 0 and no error: the peer closed, err syscall.EAGAIN: nothing
+// yet. ok is false for what cannot be peeked at (a pipe, TLS).
+func peek(conn net.Conn) (n int, ok bool, err error) {
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
-		return false
+		return 0, false, nil
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return false
+		return 0, false, nil
 	}
-	var n int
 	var b [1]byte
 	rc.Read(func(fd uintptr) bool {
-		n, _, _ = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		n, _, err = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		return true
 	})
-	return n > 0
+	return n, true, err
 }
 
 // quickAckConn is the connection under a TLS session: before every read it

@@ -146,6 +146,18 @@ func (s *Session) forward(head string, body []byte) *Reply {
 // hold the message, and each such case is logged.
 func (s *Session) endData() *Reply {
 	tx := s.tx
+	if len(tx.legs) > 1 {
+		// Before any leg gets its end of data: one that already spoke or
+		// left is lost, and the message must go nowhere, or the legs
+		// that accepted it would get it again when the client retries.
+		for _, l := range tx.legs {
+			if !l.up.quiet() {
+				l.up.drop()
+				s.abortData()
+				return tx.lose(l, replyUpstreamLost)
+			}
+		}
+	}
 	var done []string // verdicts of legs that accepted
 	var rep *Reply
 	for i, l := range tx.legs {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -59,6 +60,7 @@ type upstream struct {
 	p        upstreamParams
 	policy   UpstreamConfig
 	conn     net.Conn
+	raw      net.Conn // the TCP connection under conn (under TLS)
 	r        *bufio.Reader
 	server   Server
 	routeID  string
@@ -102,7 +104,7 @@ func dialServer(ctx context.Context, srv Server, p upstreamParams) (*upstream, *
 	// The session's end (a signal) interrupts whatever the connection
 	// waits for.
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
-	u := &upstream{p: p, policy: p.policy(srv), conn: conn, r: bufio.NewReaderSize(conn, 4096), server: srv, xclient: "off", stop: stop}
+	u := &upstream{p: p, policy: p.policy(srv), conn: conn, raw: conn, r: bufio.NewReaderSize(conn, 4096), server: srv, xclient: "off", stop: stop}
 	if k := u.policy.ClientAddress; k == addrProxyV1 || k == addrProxyV2 {
 		conn.SetWriteDeadline(time.Now().Add(p.commandTimeout))
 		if err := writeProxyHeader(conn, k, p.client); err != nil {
@@ -386,6 +388,14 @@ func (u *upstream) endData() (*Reply, error) {
 		return nil, u.lose(fmt.Errorf("%w: %d to the end of data", errUpstreamProtocol, r.Code))
 	}
 	return relayReply(r, false), nil
+}
+
+// quiet reports an upstream that has neither sent anything nor closed:
+// one that spoke (a 421) or left (a reset) while taking a message is lost,
+// whatever it may say to the end of data.
+func (u *upstream) quiet() bool {
+	n, ok, err := peek(u.raw)
+	return !ok || n < 0 && err == syscall.EAGAIN
 }
 
 // reset ends an open transaction with RSET; a connection that cannot is
