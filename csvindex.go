@@ -13,9 +13,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -28,9 +28,10 @@ import (
 // "meta" holds one record: the format version, the identity of the CSV it
 // was built from and, for a malformed CSV, its fault. Bucket "routes" maps
 // each pattern (after a 2-byte hash prefix that spreads the patterns over
-// the build's passes) to its first row's server. Every record ends with a
-// CRC-32C of its key and value, and a lookup checks the records on both
-// sides of the key it seeks, so a damaged index is noticed, not trusted.
+// the build's passes) to its first row's server. bbolt checksums only its
+// meta pages, so every record ends with a CRC-32C of its key and value, and
+// a lookup checks the records on both sides of the key it seeks: a damaged
+// index is noticed, not trusted.
 const csvIndexVersion = "willi csv index 1\n"
 
 // csvIndexPassBytes bounds the CSV bytes one build pass holds in memory, and
@@ -66,33 +67,22 @@ func csvIndexPath(file, dir string) string {
 // csvIdentity is what the index records of its CSV: device, inode, size,
 // modification and change times in nanoseconds, and a CRC of the first and
 // last 4 KiB, cheap enough to compare on every lookup.
-func csvIdentity(f *os.File) (id []byte, ctime time.Time, err error) {
+func csvIdentity(f *os.File) (id []byte, err error) {
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, ctime, err
+		return nil, err
 	}
 	st := fi.Sys().(*syscall.Stat_t)
-	ctime = time.Unix(st.Ctim.Unix())
 	for _, v := range []int64{int64(st.Dev), int64(st.Ino), st.Size, st.Mtim.Nano(), st.Ctim.Nano()} {
 		id = binary.BigEndian.AppendUint64(id, uint64(v))
 	}
-	buf := make([]byte, 8<<10)
-	n1, err1 := f.ReadAt(buf[:4<<10], 0)
-	n2, err2 := f.ReadAt(buf[4<<10:], max(0, st.Size-4<<10))
-	if err := readErr(err1, err2); err != nil {
-		return nil, ctime, err
+	head, tail := make([]byte, 4<<10), make([]byte, 4<<10)
+	n1, err1 := f.ReadAt(head, 0)
+	n2, err2 := f.ReadAt(tail, max(0, st.Size-4<<10))
+	if err = cmp.Or(err1, err2); err != nil && err != io.EOF {
+		return nil, err
 	}
-	return binary.BigEndian.AppendUint32(id, crc32.Checksum(append(buf[:n1], buf[4<<10:4<<10+n2]...), csvCRC)), ctime, nil
-}
-
-// readErr is the first error that is not the end of the file.
-func readErr(errs ...error) error {
-	for _, err := range errs {
-		if err != nil && err != io.EOF {
-			return err
-		}
-	}
-	return nil
+	return binary.BigEndian.AppendUint32(id, crc32.Update(crc32.Checksum(head[:n1], csvCRC), csvCRC, tail[:n2])), nil
 }
 
 // csvSum is the CRC a stored value ends with, proof that the record is whole.
@@ -109,113 +99,103 @@ func csvUnseal(key, v []byte) ([]byte, bool) {
 
 // csvAppendKey appends pattern's key in the index: a 2-byte hash, then the pattern.
 func csvAppendKey(b []byte, pattern string) []byte {
-	b = append(append(b, 0, 0), pattern...)
-	h := crc32.Checksum(b[len(b)-len(pattern):], csvCRC)
-	binary.BigEndian.PutUint16(b[len(b)-len(pattern)-2:], uint16(h>>16))
-	return b
+	h := crc32.Checksum([]byte(pattern), csvCRC)
+	return append(binary.BigEndian.AppendUint16(b, uint16(h>>16)), pattern...)
+}
+
+// csvGuarded runs f, which reads the index's mapped file: a fault (a file
+// cut short) or a panic of bbolt's on a damaged page is errCSVIndexCorrupt.
+func csvGuarded(db *bolt.DB, f func(tx *bolt.Tx) error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if recover() != nil {
+			err = errCSVIndexCorrupt
+		}
+	}()
+	return db.View(f)
 }
 
 // csvIndex is an index found current for the CSV a lookup opened.
 type csvIndex struct {
-	db     *bolt.DB
-	tx     *bolt.Tx
-	routes *bolt.Bucket
-	err    error // the CSV's fault, for a malformed CSV
-}
-
-func (x *csvIndex) close() {
-	if x.tx != nil {
-		x.tx.Rollback()
-	}
-	x.db.Close()
+	db  *bolt.DB
+	err error // the CSV's fault, for a malformed CSV
 }
 
 // openCSVIndex returns the index when it is current for f, else nil and why.
-func openCSVIndex(file, dir string, f *os.File) (x *csvIndex, why string) {
-	id, _, err := csvIdentity(f)
+func openCSVIndex(file, dir string, f *os.File) (*csvIndex, string) {
+	id, err := csvIdentity(f)
 	if err != nil {
 		return nil, "index not checked: " + err.Error()
 	}
-	var idxFile *os.File
+	var idx *os.File // bbolt does not compare the file's size with its pages
 	db, err := bolt.Open(csvIndexPath(file, dir), 0, &bolt.Options{ReadOnly: true, Timeout: time.Millisecond,
 		OpenFile: func(p string, fl int, m os.FileMode) (*os.File, error) {
-			idxFile, err = os.OpenFile(p, fl, m)
-			return idxFile, err
+			idx, err = os.OpenFile(p, fl, m)
+			return idx, err
 		}})
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return nil, "no index yet"
 	} else if err != nil {
 		return nil, "index unreadable or corrupt"
 	}
-	x = &csvIndex{db: db}
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if recover() != nil || why != "" {
-			x.close()
-			x, why = nil, cmp.Or(why, "index corrupt")
+	x, why := &csvIndex{db: db}, "index corrupt"
+	csvGuarded(db, func(tx *bolt.Tx) error {
+		fi, err := idx.Stat()
+		meta := tx.Bucket([]byte("meta"))
+		if err != nil || fi.Size() < tx.Size() || meta == nil || tx.Bucket([]byte("routes")) == nil {
+			return nil // cut short, or not ours
 		}
-	}()
-	x.tx, _ = db.Begin(false)
-	fi, err := idxFile.Stat()
-	meta := x.tx.Bucket([]byte("meta"))
-	if err != nil || fi.Size() < x.tx.Size() || meta == nil {
-		return x, "index corrupt" // truncated, or not ours
-	}
-	v, ok := csvUnseal([]byte("csv"), meta.Get([]byte("csv")))
-	switch {
-	case !ok:
-		return x, "index corrupt"
-	case !bytes.HasPrefix(v, []byte(csvIndexVersion)):
-		return x, "index from another version"
-	case !bytes.HasPrefix(v[len(csvIndexVersion):], id):
-		return x, "index stale"
-	}
-	if v = v[len(csvIndexVersion)+len(id):]; len(v) > 0 {
-		line, n := binary.Uvarint(v)
-		x.err = &csvError{file, int(line), string(v[n:])}
-	} else if x.routes = x.tx.Bucket([]byte("routes")); x.routes == nil {
-		return x, "index corrupt"
+		v, ok := csvUnseal([]byte("csv"), meta.Get([]byte("csv")))
+		switch {
+		case !ok:
+		case !bytes.HasPrefix(v, []byte(csvIndexVersion)):
+			why = "index from another version"
+		case !bytes.HasPrefix(v[len(csvIndexVersion):], id):
+			why = "index stale"
+		case len(v) > len(csvIndexVersion)+len(id):
+			line, n := binary.Uvarint(v[len(csvIndexVersion)+len(id):])
+			x.err, why = &csvError{file, int(line), string(v[len(csvIndexVersion)+len(id)+n:])}, ""
+		default:
+			why = ""
+		}
+		return nil
+	})
+	if why != "" {
+		db.Close()
+		return nil, why
 	}
 	return x, ""
 }
 
-// lookup answers keys from the index, or errCSVIndexCorrupt when a record
-// it reads, or the order of its neighbours, shows damage.
-func (x *csvIndex) lookup(keys []string) (out []csvAnswer, err error) {
+// lookup returns each key's server ("" none) from the index, or
+// errCSVIndexCorrupt when the record it finds or, for a miss, the records
+// on both sides of the key or their order show damage.
+func (x *csvIndex) lookup(keys []string) ([]string, error) {
 	if x.err != nil {
 		return nil, x.err
 	}
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if recover() != nil {
-			out, err = nil, errCSVIndexCorrupt
-		}
-	}()
-	out = make([]csvAnswer, len(keys))
-	for i, k := range keys {
-		key := csvAppendKey(nil, k)
-		c := x.routes.Cursor()
-		nk, nv := c.Seek(key)
-		if nk != nil {
-			v, ok := csvUnseal(nk, nv)
-			if !ok || bytes.Compare(nk, key) < 0 {
-				return nil, errCSVIndexCorrupt
-			}
-			if bytes.Equal(nk, key) {
-				out[i] = csvAnswer{string(v), true}
+	out := make([]string, len(keys))
+	return out, csvGuarded(x.db, func(tx *bolt.Tx) error {
+		for i, k := range keys {
+			key := csvAppendKey(nil, k)
+			c := tx.Bucket([]byte("routes")).Cursor()
+			nk, nv := c.Seek(key)
+			if v, ok := csvUnseal(nk, nv); nk != nil && (!ok || bytes.Compare(nk, key) < 0) {
+				return errCSVIndexCorrupt
+			} else if bytes.Equal(nk, key) {
+				out[i] = string(v)
 				continue
 			}
+			pk, pv := c.Prev()
+			if nk == nil {
+				pk, pv = c.Last()
+			}
+			if _, ok := csvUnseal(pk, pv); pk != nil && (!ok || bytes.Compare(pk, key) >= 0) {
+				return errCSVIndexCorrupt
+			}
 		}
-		// A miss: the record before must be whole and sort before the key.
-		pk, pv := c.Prev()
-		if nk == nil {
-			pk, pv = c.Last()
-		}
-		if _, ok := csvUnseal(pk, pv); pk != nil && (!ok || bytes.Compare(pk, key) >= 0) {
-			return nil, errCSVIndexCorrupt
-		}
-	}
-	return out, nil
+		return nil
+	})
 }
 
 // lockCSVIndex takes the rebuild lock of file's index, waiting for it or not.
@@ -224,18 +204,15 @@ func lockCSVIndex(file, dir string, wait bool) (*os.File, error) {
 		return nil, err
 	}
 	l, err := os.OpenFile(csvIndexPath(file, dir)+".lock", os.O_CREATE|os.O_RDWR, 0o640)
-	if err != nil {
-		return nil, err
+	if err == nil && !wait {
+		err = syscall.Flock(int(l.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	} else if err == nil {
+		err = syscall.Flock(int(l.Fd()), syscall.LOCK_EX)
 	}
-	how := syscall.LOCK_EX
-	if !wait {
-		how |= syscall.LOCK_NB
-	}
-	if err := syscall.Flock(int(l.Fd()), how); err != nil {
+	if err != nil && l != nil {
 		l.Close()
-		return nil, err
 	}
-	return l, nil
+	return l, err
 }
 
 // startCSVIndexBuild rebuilds the index in the background of this process
@@ -264,54 +241,49 @@ func startCSVIndexBuild(file, dir string) string {
 }
 
 // buildCSVIndex writes the index into a temporary file, syncs it and renames
-// it into place; the caller holds the lock. Patterns are sorted per pass and
-// appended, so that memory stays bounded by csvIndexPassBytes.
+// it into place; the caller holds the lock. Each pass keeps the rows of one
+// range of key hashes (about csvIndexPassBytes of the CSV), sorts them and
+// appends them to the tree, so that memory stays bounded.
 func buildCSVIndex(file, dir string) (int, error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	start := time.Now()
-	id, ctime, err := csvIdentity(f)
+	id, err := csvIdentity(f)
 	if err != nil {
 		return 0, err
 	}
-	path := csvIndexPath(file, dir)
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
+	// A CSV changed within its file system's time tick may change again with
+	// the same times: wait until that tick is over, then take them again.
+	if wait := time.Until(time.Unix(0, int64(binary.BigEndian.Uint64(id[32:]))).Add(csvIndexRacy)); wait > 0 {
+		time.Sleep(min(wait, csvIndexRacy)) // a clock ahead: not forever
+		if id, err = csvIdentity(f); err != nil {
+			return 0, err
+		}
 	}
+	path, size := csvIndexPath(file, dir), int64(binary.BigEndian.Uint64(id[16:]))
 	os.Remove(path + ".tmp") // left by a process that died building
-	db, err := bolt.Open(path+".tmp", 0o640, &bolt.Options{NoSync: true, NoFreelistSync: true, InitialMmapSize: 4 * int(fi.Size())})
+	db, err := bolt.Open(path+".tmp", 0o640, &bolt.Options{NoSync: true, NoFreelistSync: true, InitialMmapSize: 4 * int(size)})
 	if err != nil {
 		return 0, err
 	}
 	defer os.Remove(path + ".tmp")
 	defer db.Close()
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(csvIndexMemory))
-	passes := 1 + int(fi.Size()/csvIndexPassBytes)
-	type ent struct{ off, klen, vlen int } // a row in the arena: key, server, CRC
-	var fault []byte
-	sum, rows, patterns := crc32.New(csvCRC), 0, 0
+	type row struct {
+		rec      string // key, server, CRC
+		klen, at int32
+	}
+	passes, patterns, fault := 1+int(size/csvIndexPassBytes), 0, []byte(nil)
 	for pass := 0; pass < passes && fault == nil; pass++ {
-		var r io.Reader = io.NewSectionReader(f, 0, 1<<62)
-		if pass == 0 {
-			r = io.TeeReader(r, sum)
-		}
-		arena, ents := make([]byte, 0, fi.Size()/int64(passes)*5/4), []ent(nil)
-		err := readCSV(file, r, func(_ int, pattern, server string) error {
-			if rows++; rows%4096 == 0 {
-				runtime.Gosched() // a session in this process goes first
+		var rows []row
+		var b []byte
+		err := readCSV(file, f, func(_ int, pattern, server string) error {
+			if b = csvAppendKey(b[:0], pattern); int(b[0])*passes>>8 == pass {
+				b = append(b, server...)
+				rows = append(rows, row{string(binary.BigEndian.AppendUint32(b, crc32.Checksum(b, csvCRC))), int32(len(pattern) + 2), int32(len(rows))})
 			}
-			off := len(arena)
-			if arena = csvAppendKey(arena, pattern); int(arena[off])*passes>>8 != pass {
-				arena = arena[:off]
-				return nil
-			}
-			ents = append(ents, ent{off, len(arena) - off, len(server) + 4})
-			arena = append(arena, server...)
-			arena = binary.BigEndian.AppendUint32(arena, crc32.Checksum(arena[off:], csvCRC))
 			return nil
 		})
 		if ce := (*csvError)(nil); errors.As(err, &ce) {
@@ -319,19 +291,17 @@ func buildCSVIndex(file, dir string) (int, error) {
 		} else if err != nil {
 			return 0, err
 		}
-		if pass == 0 {
-			io.Copy(io.Discard, r)
-		}
-		key := func(e ent) []byte { return arena[e.off : e.off+e.klen] }
-		slices.SortFunc(ents, func(a, b ent) int { return cmp.Or(bytes.Compare(key(a), key(b)), a.off-b.off) })
-		for i := 0; i < len(ents) && fault == nil; {
+		key := func(r row) string { return r.rec[:r.klen] }
+		slices.SortFunc(rows, func(a, b row) int { return cmp.Or(strings.Compare(key(a), key(b)), int(a.at-b.at)) })
+		rows = slices.CompactFunc(rows, func(a, b row) bool { return key(a) == key(b) }) // the first row wins
+		for n := 0; fault == nil && len(rows) > 0; rows, patterns = rows[n:], patterns+n {
+			n = min(len(rows), 1<<16) // rows per transaction, which holds them in memory
 			err := db.Update(func(tx *bolt.Tx) error {
 				b, err := tx.CreateBucketIfNotExists([]byte("routes"))
-				for n := 0; b != nil && err == nil && i < len(ents) && n < 1<<16; i, n = i+1, n+1 {
-					b.FillPercent = 1 // appended in order: full pages
-					if i == 0 || !bytes.Equal(key(ents[i]), key(ents[i-1])) {
-						err = b.Put(key(ents[i]), arena[ents[i].off+ents[i].klen:][:ents[i].vlen])
-						patterns++
+				for _, r := range rows[:n] {
+					if err == nil {
+						b.FillPercent = 1 // appended in order: full pages
+						err = b.Put([]byte(key(r)), []byte(r.rec[r.klen:]))
 					}
 				}
 				return err
@@ -342,33 +312,18 @@ func buildCSVIndex(file, dir string) (int, error) {
 		}
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists([]byte("meta"))
-		if err == nil {
-			_, err = tx.CreateBucketIfNotExists([]byte("routes"))
-		}
+		_, err := tx.CreateBucketIfNotExists([]byte("routes"))
+		meta, err2 := tx.CreateBucketIfNotExists([]byte("meta"))
 		v := append(append([]byte(csvIndexVersion), id...), fault...)
-		v = binary.BigEndian.AppendUint32(v, csvSum([]byte("csv"), v))
-		return cmp.Or(err, meta.Put([]byte("csv"), v))
+		return cmp.Or(err, err2, meta.Put([]byte("csv"), binary.BigEndian.AppendUint32(v, csvSum([]byte("csv"), v))))
 	})
 	if err = cmp.Or(err, db.Sync(), db.Close()); err != nil {
 		return 0, err
 	}
-	// Written while the CSV's change time was still racy, the index holds
-	// only if the CSV's bytes are the same once that time has passed.
-	racy := start.Before(ctime.Add(csvIndexRacy))
-	time.Sleep(min(time.Until(ctime.Add(csvIndexRacy)), csvIndexRacy)) // a clock ahead: not forever
-	if g, err := os.Open(file); err != nil {
+	if g, err := os.Open(file); err != nil { // an edit since it was opened discards the index
 		return 0, err
-	} else {
-		again, _, err := csvIdentity(g)
-		resum := crc32.New(csvCRC)
-		if racy && err == nil {
-			_, err = io.Copy(resum, g)
-		}
-		g.Close()
-		if err != nil || !bytes.Equal(again, id) || racy && resum.Sum32() != sum.Sum32() {
-			return 0, fmt.Errorf("%s changed while indexed", file)
-		}
+	} else if again, err := csvIdentity(g); g.Close() != nil || err != nil || !bytes.Equal(again, id) {
+		return 0, cmp.Or(err, fmt.Errorf("%s changed while indexed", file))
 	}
 	if err := os.Rename(path+".tmp", path); err != nil {
 		return 0, err
@@ -381,9 +336,9 @@ func buildCSVIndex(file, dir string) (int, error) {
 }
 
 // checkCSVIndex verifies the index against a full parse of its CSV (each
-// pattern's first server, or the parse's fault), else rebuilds it, and
-// says which for `willi check`.
-func checkCSVIndex(file, dir string, routes map[string]string, fault error) (string, error) {
+// pattern's first server, the count, each record's CRC; or the parse's
+// fault), else rebuilds it, and says which for `willi check`.
+func checkCSVIndex(file, dir string, routes map[string]csvFirst, fault error) (string, error) {
 	path := csvIndexPath(file, dir)
 	f, err := os.Open(file)
 	if err != nil {
@@ -392,19 +347,18 @@ func checkCSVIndex(file, dir string, routes map[string]string, fault error) (str
 	x, why := openCSVIndex(file, dir, f)
 	f.Close()
 	if x != nil {
-		// Each record whole, under its pattern's key, with its server.
-		n, whole := 0, x.routes != nil
-		if whole {
-			x.routes.ForEach(func(k, v []byte) error {
+		n, whole := 0, true
+		err := csvGuarded(x.db, func(tx *bolt.Tx) error {
+			return tx.Bucket([]byte("routes")).ForEach(func(k, v []byte) error {
 				v, ok := csvUnseal(k, v)
 				pattern := string(k[min(2, len(k)):])
-				s, found := routes[pattern]
-				whole, n = whole && ok && found && s == string(v) && bytes.Equal(csvAppendKey(nil, pattern), k), n+1
+				first, found := routes[pattern]
+				whole, n = whole && ok && found && first.server == string(v) && bytes.Equal(csvAppendKey(nil, pattern), k), n+1
 				return nil
 			})
-		}
-		x.close()
-		if whole && n == len(routes) || fault != nil && x.err != nil && x.err.Error() == fault.Error() {
+		})
+		x.db.Close()
+		if err == nil && (fault == nil && whole && n == len(routes) || fault != nil && x.err != nil && x.err.Error() == fault.Error()) {
 			return fmt.Sprintf("index %s: current, verified (%d patterns)", path, n), nil
 		}
 		why = "index disagrees with the file"
