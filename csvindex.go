@@ -325,14 +325,9 @@ func buildCSVIndex(file, dir string) (int, error) {
 	} else if again, err := csvIdentity(g); g.Close() != nil || err != nil || !bytes.Equal(again, id) {
 		return 0, cmp.Or(err, fmt.Errorf("%s changed while indexed", file))
 	}
-	if err := os.Rename(path+".tmp", path); err != nil {
-		return 0, err
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return patterns, nil
+	// Not followed by a sync of the folder: a crash may leave the old index,
+	// whose identity no longer matches, or none; either is rebuilt.
+	return patterns, os.Rename(path+".tmp", path)
 }
 
 // checkCSVIndex verifies the index against a full parse of its CSV (each
