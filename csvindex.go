@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"slices"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -99,8 +98,9 @@ func csvUnseal(key, v []byte) ([]byte, bool) {
 
 // csvAppendKey appends pattern's key in the index: a 2-byte hash, then the pattern.
 func csvAppendKey(b []byte, pattern string) []byte {
-	h := crc32.Checksum([]byte(pattern), csvCRC)
-	return append(binary.BigEndian.AppendUint16(b, uint16(h>>16)), pattern...)
+	b = append(append(b, 0, 0), pattern...)
+	binary.BigEndian.PutUint16(b[len(b)-len(pattern)-2:], uint16(crc32.Checksum(b[len(b)-len(pattern):], csvCRC)>>16))
+	return b
 }
 
 // csvGuarded runs f, which reads the index's mapped file: a fault (a file
@@ -271,19 +271,19 @@ func buildCSVIndex(file, dir string) (int, error) {
 	defer os.Remove(path + ".tmp")
 	defer db.Close()
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(csvIndexMemory))
-	type row struct {
-		rec      string // key, server, CRC
-		klen, at int32
-	}
+	type row struct{ off, klen, end int } // in the pass's arena: key, server, CRC
 	passes, patterns, fault := 1+int(size/csvIndexPassBytes), 0, []byte(nil)
 	for pass := 0; pass < passes && fault == nil; pass++ {
-		var rows []row
-		var b []byte
+		arena, rows := make([]byte, 0, size/int64(passes)*5/4), []row(nil)
 		err := readCSV(file, f, func(_ int, pattern, server string) error {
-			if b = csvAppendKey(b[:0], pattern); int(b[0])*passes>>8 == pass {
-				b = append(b, server...)
-				rows = append(rows, row{string(binary.BigEndian.AppendUint32(b, crc32.Checksum(b, csvCRC))), int32(len(pattern) + 2), int32(len(rows))})
+			off := len(arena)
+			if arena = csvAppendKey(arena, pattern); int(arena[off])*passes>>8 != pass {
+				arena = arena[:off] // another pass's
+				return nil
 			}
+			arena = append(arena, server...)
+			arena = binary.BigEndian.AppendUint32(arena, crc32.Checksum(arena[off:], csvCRC))
+			rows = append(rows, row{off, len(pattern) + 2, len(arena)})
 			return nil
 		})
 		if ce := (*csvError)(nil); errors.As(err, &ce) {
@@ -291,9 +291,9 @@ func buildCSVIndex(file, dir string) (int, error) {
 		} else if err != nil {
 			return 0, err
 		}
-		key := func(r row) string { return r.rec[:r.klen] }
-		slices.SortFunc(rows, func(a, b row) int { return cmp.Or(strings.Compare(key(a), key(b)), int(a.at-b.at)) })
-		rows = slices.CompactFunc(rows, func(a, b row) bool { return key(a) == key(b) }) // the first row wins
+		key := func(r row) []byte { return arena[r.off : r.off+r.klen] }
+		slices.SortFunc(rows, func(a, b row) int { return cmp.Or(bytes.Compare(key(a), key(b)), a.off-b.off) })
+		rows = slices.CompactFunc(rows, func(a, b row) bool { return bytes.Equal(key(a), key(b)) }) // the first row wins
 		for n := 0; fault == nil && len(rows) > 0; rows, patterns = rows[n:], patterns+n {
 			n = min(len(rows), 1<<16) // rows per transaction, which holds them in memory
 			err := db.Update(func(tx *bolt.Tx) error {
@@ -301,7 +301,7 @@ func buildCSVIndex(file, dir string) (int, error) {
 				for _, r := range rows[:n] {
 					if err == nil {
 						b.FillPercent = 1 // appended in order: full pages
-						err = b.Put([]byte(key(r)), []byte(r.rec[r.klen:]))
+						err = b.Put(key(r), arena[r.off+r.klen:r.end])
 					}
 				}
 				return err
@@ -353,7 +353,8 @@ func checkCSVIndex(file, dir string, routes map[string]csvFirst, fault error) (s
 			})
 		})
 		x.db.Close()
-		if err == nil && (fault == nil && whole && n == len(routes) || fault != nil && x.err != nil && x.err.Error() == fault.Error()) {
+		// The same fault, or none and the same routes.
+		if err == nil && fmt.Sprint(x.err) == fmt.Sprint(fault) && (fault != nil || whole && n == len(routes)) {
 			return fmt.Sprintf("index %s: current, verified (%d patterns)", path, n), nil
 		}
 		why = "index disagrees with the file"
