@@ -312,10 +312,13 @@ func buildCSVIndex(file, dir string) (int, error) {
 		}
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		_, err := tx.CreateBucketIfNotExists([]byte("routes"))
+		_, err := tx.CreateBucketIfNotExists([]byte("routes")) // none when the CSV has no rows
 		meta, err2 := tx.CreateBucketIfNotExists([]byte("meta"))
+		if err = cmp.Or(err, err2); err != nil {
+			return err
+		}
 		v := append(append([]byte(csvIndexVersion), id...), fault...)
-		return cmp.Or(err, err2, meta.Put([]byte("csv"), binary.BigEndian.AppendUint32(v, csvSum([]byte("csv"), v))))
+		return meta.Put([]byte("csv"), binary.BigEndian.AppendUint32(v, csvSum([]byte("csv"), v)))
 	})
 	if err = cmp.Or(err, db.Sync(), db.Close()); err != nil {
 		return 0, err
