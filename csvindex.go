@@ -27,11 +27,14 @@ import (
 // "meta" holds one record: the format version, the identity of the CSV it
 // was built from and, for a malformed CSV, its fault. Bucket "routes" maps
 // each pattern (after a 2-byte hash prefix that spreads the patterns over
-// the build's passes) to its first row's server. bbolt checksums only its
-// meta pages, so every record ends with a CRC-32C of its key and value, and
-// a lookup checks the records on both sides of the key it seeks: a damaged
-// index is noticed, not trusted.
-const csvIndexVersion = "willi csv index 1\n"
+// the build's passes) to its first row's server and the CRC-32C of the key
+// before it (0 for the first; meta's "last" holds the last key's). bbolt
+// checksums only its meta pages, so every record ends with a CRC-32C of its
+// key and value; a hit checks its record, a miss the records on both sides
+// of the key, their order, and that they are neighbours (a damaged branch
+// page can lead a search into the wrong leaf): a damaged index is noticed,
+// not trusted.
+const csvIndexVersion = "willi csv index 2\n"
 
 // csvIndexPassBytes bounds the CSV bytes one build pass holds in memory, and
 // csvIndexMemory the heap the build lets the garbage collector leave: the
@@ -180,17 +183,20 @@ func (x *csvIndex) lookup(keys []string) ([]string, error) {
 			key := csvAppendKey(nil, k)
 			c := tx.Bucket([]byte("routes")).Cursor()
 			nk, nv := c.Seek(key)
-			if v, ok := csvUnseal(nk, nv); nk != nil && (!ok || bytes.Compare(nk, key) < 0) {
+			v, ok := csvUnseal(nk, nv)
+			if nk != nil && (!ok || len(v) < 4 || bytes.Compare(nk, key) < 0) {
 				return errCSVIndexCorrupt
 			} else if bytes.Equal(nk, key) {
-				out[i] = string(v)
+				out[i] = string(v[:len(v)-4])
 				continue
 			}
 			pk, pv := c.Prev()
 			if nk == nil {
 				pk, pv = c.Last()
+				v, ok = csvUnseal([]byte("last"), tx.Bucket([]byte("meta")).Get([]byte("last")))
 			}
-			if _, ok := csvUnseal(pk, pv); pk != nil && (!ok || bytes.Compare(pk, key) >= 0) {
+			_, pok := csvUnseal(pk, pv)
+			if !ok || len(v) < 4 || binary.BigEndian.Uint32(v[len(v)-4:]) != crc32.Checksum(pk, csvCRC) || pk != nil && (!pok || bytes.Compare(pk, key) >= 0) {
 				return errCSVIndexCorrupt
 			}
 		}
@@ -271,8 +277,8 @@ func buildCSVIndex(file, dir string) (int, error) {
 	defer os.Remove(path + ".tmp")
 	defer db.Close()
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(csvIndexMemory))
-	type row struct{ off, klen, end int } // in the pass's arena: key, server, CRC
-	passes, patterns, fault := 1+int(size/csvIndexPassBytes), 0, []byte(nil)
+	type row struct{ off, klen, end int } // in the pass's arena: key, server, CRC of the key before, CRC
+	passes, patterns, fault, before := 1+int(size/csvIndexPassBytes), 0, []byte(nil), uint32(0)
 	for pass := 0; pass < passes && fault == nil; pass++ {
 		arena, rows := make([]byte, 0, size/int64(passes)*5/4), []row(nil)
 		err := readCSV(file, f, func(_ int, pattern, server string) error {
@@ -281,8 +287,7 @@ func buildCSVIndex(file, dir string) (int, error) {
 				arena = arena[:off] // another pass's
 				return nil
 			}
-			arena = append(arena, server...)
-			arena = binary.BigEndian.AppendUint32(arena, crc32.Checksum(arena[off:], csvCRC))
+			arena = append(append(arena, server...), 0, 0, 0, 0, 0, 0, 0, 0) // CRCs set when stored
 			rows = append(rows, row{off, len(pattern) + 2, len(arena)})
 			return nil
 		})
@@ -299,9 +304,11 @@ func buildCSVIndex(file, dir string) (int, error) {
 			err := db.Update(func(tx *bolt.Tx) error {
 				b, err := tx.CreateBucketIfNotExists([]byte("routes"))
 				for _, r := range rows[:n] {
-					if err == nil {
-						b.FillPercent = 1 // appended in order: full pages
-						err = b.Put(key(r), arena[r.off+r.klen:r.end])
+					if rec := arena[r.off:r.end]; err == nil {
+						binary.BigEndian.PutUint32(rec[len(rec)-8:], before)
+						binary.BigEndian.PutUint32(rec[len(rec)-4:], crc32.Checksum(rec[:len(rec)-4], csvCRC))
+						before, b.FillPercent = crc32.Checksum(key(r), csvCRC), 1 // appended in order: full pages
+						err = b.Put(key(r), rec[r.klen:])
 					}
 				}
 				return err
@@ -317,8 +324,9 @@ func buildCSVIndex(file, dir string) (int, error) {
 		if err = cmp.Or(err, err2); err != nil {
 			return err
 		}
-		v := append(append([]byte(csvIndexVersion), id...), fault...)
-		return meta.Put([]byte("csv"), binary.BigEndian.AppendUint32(v, csvSum([]byte("csv"), v)))
+		v, last := append(append([]byte(csvIndexVersion), id...), fault...), binary.BigEndian.AppendUint32(nil, before)
+		return cmp.Or(meta.Put([]byte("last"), binary.BigEndian.AppendUint32(last, csvSum([]byte("last"), last))),
+			meta.Put([]byte("csv"), binary.BigEndian.AppendUint32(v, csvSum([]byte("csv"), v))))
 	})
 	if err = cmp.Or(err, db.Sync(), db.Close()); err != nil {
 		return 0, err
@@ -345,15 +353,19 @@ func checkCSVIndex(file, dir string, routes map[string]csvFirst, fault error) (s
 	x, why := openCSVIndex(file, dir, f)
 	f.Close()
 	if x != nil {
-		n, whole := 0, true
+		n, whole, before := 0, true, uint32(0)
 		err := csvGuarded(x.db, func(tx *bolt.Tx) error {
-			return tx.Bucket([]byte("routes")).ForEach(func(k, v []byte) error {
+			tx.Bucket([]byte("routes")).ForEach(func(k, v []byte) error {
 				v, ok := csvUnseal(k, v)
 				pattern := string(k[min(2, len(k)):])
 				first, found := routes[pattern]
-				whole, n = whole && ok && found && first.server == string(v) && bytes.Equal(csvAppendKey(nil, pattern), k), n+1
+				whole = whole && ok && found && len(v) >= 4 && binary.BigEndian.Uint32(v[len(v)-4:]) == before && first.server == string(v[:len(v)-4]) && bytes.Equal(csvAppendKey(nil, pattern), k)
+				before, n = crc32.Checksum(k, csvCRC), n+1
 				return nil
 			})
+			last, ok := csvUnseal([]byte("last"), tx.Bucket([]byte("meta")).Get([]byte("last")))
+			whole = whole && ok && bytes.Equal(last, binary.BigEndian.AppendUint32(nil, before))
+			return nil
 		})
 		x.db.Close()
 		// The same fault, or none and the same routes.
