@@ -244,7 +244,7 @@ func (m *csvMapping) Check(ctx context.Context) ([]string, error) {
 	}
 	if m.indexDir != "" && ctx.Err() == nil {
 		var ierr error
-		if m.state, ierr = checkCSVIndex(m.file, m.indexDir, seen, err); ierr != nil {
+		if m.state, ierr = checkCSVIndex(m.file, m.indexDir, f, seen, err); ierr != nil {
 			bad = append(bad, ierr)
 		}
 	}

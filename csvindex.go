@@ -344,14 +344,9 @@ func buildCSVIndex(file, dir string) (int, error) {
 // checkCSVIndex verifies the index against a full parse of its CSV (each
 // pattern's first server, the count, each record's CRC; or the parse's
 // fault), else rebuilds it, and says which for `willi check`.
-func checkCSVIndex(file, dir string, routes map[string]csvFirst, fault error) (string, error) {
+func checkCSVIndex(file, dir string, f *os.File, routes map[string]csvFirst, fault error) (string, error) {
 	path := csvIndexPath(file, dir)
-	f, err := os.Open(file)
-	if err != nil {
-		return "", err
-	}
 	x, why := openCSVIndex(file, dir, f)
-	f.Close()
 	if x != nil {
 		n, whole, before := 0, true, uint32(0)
 		err := csvGuarded(x.db, func(tx *bolt.Tx) error {
@@ -359,7 +354,8 @@ func checkCSVIndex(file, dir string, routes map[string]csvFirst, fault error) (s
 				v, ok := csvUnseal(k, v)
 				pattern := string(k[min(2, len(k)):])
 				first, found := routes[pattern]
-				whole = whole && ok && found && len(v) >= 4 && binary.BigEndian.Uint32(v[len(v)-4:]) == before && first.server == string(v[:len(v)-4]) && bytes.Equal(csvAppendKey(nil, pattern), k)
+				whole = whole && ok && found && len(v) >= 4 && binary.BigEndian.Uint32(v[len(v)-4:]) == before &&
+					first.server == string(v[:len(v)-4]) && bytes.Equal(csvAppendKey(nil, pattern), k)
 				before, n = crc32.Checksum(k, csvCRC), n+1
 				return nil
 			})
