@@ -92,6 +92,7 @@ func csvSum(key, value []byte) uint32 {
 	return crc32.Update(crc32.Checksum(key, csvCRC), csvCRC, value)
 }
 
+// csvUnseal is a stored value without its CRC, and whether the CRC holds.
 func csvUnseal(key, v []byte) ([]byte, bool) {
 	if len(v) < 4 {
 		return nil, false
