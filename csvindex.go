@@ -25,15 +25,14 @@ import (
 // The compiled index of a CSV mapping: a bbolt file in the index folder,
 // opened read-only (an mmap, a few system calls) by every process. Bucket
 // "meta" holds one record: the format version, the identity of the CSV it
-// was built from and, for a malformed CSV, its fault. Bucket "routes" maps
-// each pattern (after a 2-byte hash prefix that spreads the patterns over
-// the build's passes) to its first row's server and the CRC-32C of the key
-// before it (0 for the first; meta's "last" holds the last key's). bbolt
-// checksums only its meta pages, so every record ends with a CRC-32C of its
-// key and value; a hit checks its record, a miss the records on both sides
-// of the key, their order, and that they are neighbours (a damaged branch
-// page can lead a search into the wrong leaf): a damaged index is noticed,
-// not trusted.
+// was built from, the CRC of the last key and, for a malformed CSV, its
+// fault. Bucket "routes" maps each pattern (after a 2-byte hash prefix that
+// spreads the patterns over the build's passes) to its first row's server
+// and the CRC of the key before it (csvKeySum). bbolt checksums only its
+// meta pages, so every record ends with a CRC-32C of its key and value; a
+// hit checks its record, a miss the records on both sides of the key, their
+// order, and that they are neighbours (a damaged branch page can lead a
+// search into the wrong leaf): a damaged index is noticed, not trusted.
 const csvIndexVersion = "willi csv index 2\n"
 
 // csvIndexPassBytes bounds the CSV bytes one build pass holds in memory, and
@@ -100,6 +99,14 @@ func csvUnseal(key, v []byte) ([]byte, bool) {
 	return v[:len(v)-4], csvSum(key, v[:len(v)-4]) == binary.BigEndian.Uint32(v[len(v)-4:])
 }
 
+// csvKeySum is the CRC by which a record names the key before it; 0 for none.
+func csvKeySum(k []byte) uint32 {
+	if k == nil {
+		return 0
+	}
+	return crc32.Checksum(k, csvCRC) | 1
+}
+
 // csvAppendKey appends pattern's key in the index: a 2-byte hash, then the pattern.
 func csvAppendKey(b []byte, pattern string) []byte {
 	b = append(append(b, 0, 0), pattern...)
@@ -121,8 +128,9 @@ func csvGuarded(db *bolt.DB, f func(tx *bolt.Tx) error) (err error) {
 
 // csvIndex is an index found current for the CSV a lookup opened.
 type csvIndex struct {
-	db  *bolt.DB
-	err error // the CSV's fault, for a malformed CSV
+	db   *bolt.DB
+	last uint32 // csvKeySum of the last key
+	err  error  // the CSV's fault, for a malformed CSV
 }
 
 // openCSVIndex returns the index when it is current for f, else nil and why.
@@ -154,13 +162,14 @@ func openCSVIndex(file, dir string, f *os.File) (*csvIndex, string) {
 		case !ok:
 		case !bytes.HasPrefix(v, []byte(csvIndexVersion)):
 			why = "index from another version"
-		case !bytes.HasPrefix(v[len(csvIndexVersion):], id):
+		case !bytes.HasPrefix(v[len(csvIndexVersion):], id) || len(v) < len(csvIndexVersion)+len(id)+4:
 			why = "index stale"
-		case len(v) > len(csvIndexVersion)+len(id):
-			line, n := binary.Uvarint(v[len(csvIndexVersion)+len(id):])
-			x.err, why = &csvError{file, int(line), string(v[len(csvIndexVersion)+len(id)+n:])}, ""
 		default:
-			why = ""
+			v = v[len(csvIndexVersion)+len(id):]
+			if x.last, v, why = binary.BigEndian.Uint32(v), v[4:], ""; len(v) > 0 {
+				line, n := binary.Uvarint(v)
+				x.err = &csvError{file, int(line), string(v[n:])}
+			}
 		}
 		return nil
 	})
@@ -192,12 +201,13 @@ func (x *csvIndex) lookup(keys []string) ([]string, error) {
 				continue
 			}
 			pk, pv := c.Prev()
-			if nk == nil {
+			next := x.last // the CRC the record after pk names it by
+			if nk != nil {
+				next = binary.BigEndian.Uint32(v[len(v)-4:])
+			} else {
 				pk, pv = c.Last()
-				v, ok = csvUnseal([]byte("last"), tx.Bucket([]byte("meta")).Get([]byte("last")))
 			}
-			_, pok := csvUnseal(pk, pv)
-			if !ok || len(v) < 4 || binary.BigEndian.Uint32(v[len(v)-4:]) != crc32.Checksum(pk, csvCRC) || pk != nil && (!pok || bytes.Compare(pk, key) >= 0) {
+			if _, pok := csvUnseal(pk, pv); next != csvKeySum(pk) || pk != nil && (!pok || bytes.Compare(pk, key) >= 0) {
 				return errCSVIndexCorrupt
 			}
 		}
@@ -308,7 +318,7 @@ func buildCSVIndex(file, dir string) (int, error) {
 					if rec := arena[r.off:r.end]; err == nil {
 						binary.BigEndian.PutUint32(rec[len(rec)-8:], before)
 						binary.BigEndian.PutUint32(rec[len(rec)-4:], crc32.Checksum(rec[:len(rec)-4], csvCRC))
-						before, b.FillPercent = crc32.Checksum(key(r), csvCRC), 1 // appended in order: full pages
+						before, b.FillPercent = csvKeySum(key(r)), 1 // appended in order: full pages
 						err = b.Put(key(r), rec[r.klen:])
 					}
 				}
@@ -325,9 +335,8 @@ func buildCSVIndex(file, dir string) (int, error) {
 		if err = cmp.Or(err, err2); err != nil {
 			return err
 		}
-		v, last := append(append([]byte(csvIndexVersion), id...), fault...), binary.BigEndian.AppendUint32(nil, before)
-		return cmp.Or(meta.Put([]byte("last"), binary.BigEndian.AppendUint32(last, csvSum([]byte("last"), last))),
-			meta.Put([]byte("csv"), binary.BigEndian.AppendUint32(v, csvSum([]byte("csv"), v))))
+		v := append(binary.BigEndian.AppendUint32(append([]byte(csvIndexVersion), id...), before), fault...)
+		return meta.Put([]byte("csv"), binary.BigEndian.AppendUint32(v, csvSum([]byte("csv"), v)))
 	})
 	if err = cmp.Or(err, db.Sync(), db.Close()); err != nil {
 		return 0, err
@@ -357,11 +366,10 @@ func checkCSVIndex(file, dir string, f *os.File, routes map[string]csvFirst, fau
 				first, found := routes[pattern]
 				whole = whole && ok && found && len(v) >= 4 && binary.BigEndian.Uint32(v[len(v)-4:]) == before &&
 					first.server == string(v[:len(v)-4]) && bytes.Equal(csvAppendKey(nil, pattern), k)
-				before, n = crc32.Checksum(k, csvCRC), n+1
+				before, n = csvKeySum(k), n+1
 				return nil
 			})
-			last, ok := csvUnseal([]byte("last"), tx.Bucket([]byte("meta")).Get([]byte("last")))
-			whole = whole && ok && bytes.Equal(last, binary.BigEndian.AppendUint32(nil, before))
+			whole = whole && before == x.last
 			return nil
 		})
 		x.db.Close()

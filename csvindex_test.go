@@ -132,8 +132,9 @@ func TestCSVIndexDamaged(t *testing.T) {
 			b, _ := os.ReadFile(idx)
 			i := bytes.Index(b, []byte(csvIndexVersion))
 			copy(b[i:], "willi csv index 0\n")
-			// The record's CRC must hold: only the version differs.
-			v := b[i : i+len(csvIndexVersion)+44]
+			// The record's CRC must hold: only the version differs (the
+			// record: version, the CSV's identity, the last key's CRC).
+			v := b[i : i+len(csvIndexVersion)+44+4]
 			binary.BigEndian.PutUint32(b[i+len(v):], csvSum([]byte("csv"), v))
 			os.WriteFile(idx, b, 0o640)
 		}},

@@ -27,6 +27,13 @@ func TestBenchSmoke(t *testing.T) {
 		}
 	}
 	out := t.TempDir()
+	// Run as root, the harness runs willi serve's sessions as nobody, who
+	// must reach the binary and config it builds there (TempDir is 0700).
+	for _, d := range []string{out, filepath.Dir(out)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "bash", "bench/run.sh")
