@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime"
 	"runtime/debug"
 	"slices"
 	"sync"
@@ -26,14 +25,14 @@ import (
 // The compiled index of a CSV mapping: a bbolt file in the index folder,
 // opened read-only (an mmap, a few system calls) by every process. Bucket
 // "meta" holds one record: the format version, the identity of the CSV it
-// was built from and, for a malformed CSV, its fault. Bucket "routes" maps
-// each pattern (after a 2-byte hash prefix that spreads the patterns over
-// the build's passes) to its first row's server, then the CRC-32C of the
-// key before it in the index (0 for the first; meta holds the last key's),
-// then a CRC-32C of all that. A hit is proven by its record's CRC; a miss
-// by two whole records that sort around the key and name each other as
-// neighbours. So a damaged index, its tree included, is noticed, never
-// trusted (an answer from it is one the CSV gives).
+// was built from, the CRC of the last key and, for a malformed CSV, its
+// fault. Bucket "routes" maps each pattern (after a 2-byte hash prefix that
+// spreads the patterns over the build's passes) to its first row's server
+// and the CRC of the key before it (csvKeySum). bbolt checksums only its
+// meta pages, so every record ends with a CRC-32C of its key and value; a
+// hit checks its record, a miss the records on both sides of the key, their
+// order, and that they are neighbours (a damaged branch page can lead a
+// search into the wrong leaf): a damaged index is noticed, not trusted.
 const csvIndexVersion = "willi csv index 2\n"
 
 // csvIndexPassBytes bounds the CSV bytes one build pass holds in memory, and
@@ -69,33 +68,22 @@ func csvIndexPath(file, dir string) string {
 // csvIdentity is what the index records of its CSV: device, inode, size,
 // modification and change times in nanoseconds, and a CRC of the first and
 // last 4 KiB, cheap enough to compare on every lookup.
-func csvIdentity(f *os.File) (id []byte, ctime time.Time, err error) {
+func csvIdentity(f *os.File) (id []byte, err error) {
 	fi, err := f.Stat()
 	if err != nil {
-		return nil, ctime, err
+		return nil, err
 	}
 	st := fi.Sys().(*syscall.Stat_t)
-	ctime = time.Unix(st.Ctim.Unix())
 	for _, v := range []int64{int64(st.Dev), int64(st.Ino), st.Size, st.Mtim.Nano(), st.Ctim.Nano()} {
 		id = binary.BigEndian.AppendUint64(id, uint64(v))
 	}
-	buf := make([]byte, 8<<10)
-	n1, err1 := f.ReadAt(buf[:4<<10], 0)
-	n2, err2 := f.ReadAt(buf[4<<10:], max(0, st.Size-4<<10))
-	if err := readErr(err1, err2); err != nil {
-		return nil, ctime, err
+	head, tail := make([]byte, 4<<10), make([]byte, 4<<10)
+	n1, err1 := f.ReadAt(head, 0)
+	n2, err2 := f.ReadAt(tail, max(0, st.Size-4<<10))
+	if err = cmp.Or(err1, err2); err != nil && err != io.EOF {
+		return nil, err
 	}
-	return binary.BigEndian.AppendUint32(id, crc32.Checksum(append(buf[:n1], buf[4<<10:4<<10+n2]...), csvCRC)), ctime, nil
-}
-
-// readErr is the first error that is not the end of the file.
-func readErr(errs ...error) error {
-	for _, err := range errs {
-		if err != nil && err != io.EOF {
-			return err
-		}
-	}
-	return nil
+	return binary.BigEndian.AppendUint32(id, crc32.Update(crc32.Checksum(head[:n1], csvCRC), csvCRC, tail[:n2])), nil
 }
 
 // csvSum is the CRC a stored value ends with, proof that the record is whole.
@@ -103,6 +91,7 @@ func csvSum(key, value []byte) uint32 {
 	return crc32.Update(crc32.Checksum(key, csvCRC), csvCRC, value)
 }
 
+// csvUnseal is a stored value without its CRC, and whether the CRC holds.
 func csvUnseal(key, v []byte) ([]byte, bool) {
 	if len(v) < 4 {
 		return nil, false
@@ -110,141 +99,120 @@ func csvUnseal(key, v []byte) ([]byte, bool) {
 	return v[:len(v)-4], csvSum(key, v[:len(v)-4]) == binary.BigEndian.Uint32(v[len(v)-4:])
 }
 
+// csvKeySum is the CRC by which a record names the key before it; 0 for none.
+func csvKeySum(k []byte) uint32 {
+	if k == nil {
+		return 0
+	}
+	return crc32.Checksum(k, csvCRC) | 1
+}
+
 // csvAppendKey appends pattern's key in the index: a 2-byte hash, then the pattern.
 func csvAppendKey(b []byte, pattern string) []byte {
 	b = append(append(b, 0, 0), pattern...)
-	h := crc32.Checksum(b[len(b)-len(pattern):], csvCRC)
-	binary.BigEndian.PutUint16(b[len(b)-len(pattern)-2:], uint16(h>>16))
+	binary.BigEndian.PutUint16(b[len(b)-len(pattern)-2:], uint16(crc32.Checksum(b[len(b)-len(pattern):], csvCRC)>>16))
 	return b
+}
+
+// csvGuarded runs f, which reads the index's mapped file: a fault (a file
+// cut short) or a panic of bbolt's on a damaged page is errCSVIndexCorrupt.
+func csvGuarded(db *bolt.DB, f func(tx *bolt.Tx) error) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if recover() != nil {
+			err = errCSVIndexCorrupt
+		}
+	}()
+	return db.View(f)
 }
 
 // csvIndex is an index found current for the CSV a lookup opened.
 type csvIndex struct {
-	db     *bolt.DB
-	tx     *bolt.Tx
-	routes *bolt.Bucket
-	last   uint32 // the CRC of the last key
-	err    error  // the CSV's fault, for a malformed CSV
-}
-
-func (x *csvIndex) close() {
-	if x.tx != nil {
-		x.tx.Rollback()
-	}
-	x.db.Close()
+	db   *bolt.DB
+	last uint32 // csvKeySum of the last key
+	err  error  // the CSV's fault, for a malformed CSV
 }
 
 // openCSVIndex returns the index when it is current for f, else nil and why.
-func openCSVIndex(file, dir string, f *os.File) (x *csvIndex, why string) {
-	id, _, err := csvIdentity(f)
+func openCSVIndex(file, dir string, f *os.File) (*csvIndex, string) {
+	id, err := csvIdentity(f)
 	if err != nil {
 		return nil, "index not checked: " + err.Error()
 	}
-	var idxFile *os.File
+	var idx *os.File // bbolt does not compare the file's size with its pages
 	db, err := bolt.Open(csvIndexPath(file, dir), 0, &bolt.Options{ReadOnly: true, Timeout: time.Millisecond,
 		OpenFile: func(p string, fl int, m os.FileMode) (*os.File, error) {
-			idxFile, err = os.OpenFile(p, fl, m)
-			return idxFile, err
+			idx, err = os.OpenFile(p, fl, m)
+			return idx, err
 		}})
 	if errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
 		return nil, "no index yet"
 	} else if err != nil {
 		return nil, "index unreadable or corrupt"
 	}
-	x = &csvIndex{db: db}
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if recover() != nil || why != "" {
-			x.close()
-			x, why = nil, cmp.Or(why, "index corrupt")
+	x, why := &csvIndex{db: db}, "index corrupt"
+	csvGuarded(db, func(tx *bolt.Tx) error {
+		fi, err := idx.Stat()
+		meta := tx.Bucket([]byte("meta"))
+		if err != nil || fi.Size() < tx.Size() || meta == nil || tx.Bucket([]byte("routes")) == nil {
+			return nil // cut short, or not ours
 		}
-	}()
-	x.tx, _ = db.Begin(false)
-	fi, err := idxFile.Stat()
-	meta := x.tx.Bucket([]byte("meta"))
-	if err != nil || fi.Size() < x.tx.Size() || meta == nil {
-		return x, "index corrupt" // truncated, or not ours
-	}
-	v, ok := csvUnseal([]byte("csv"), meta.Get([]byte("csv")))
-	switch {
-	case !ok:
-		return x, "index corrupt"
-	case !bytes.HasPrefix(v, []byte(csvIndexVersion)):
-		return x, "index from another version"
-	case !bytes.HasPrefix(v[len(csvIndexVersion):], id) || len(v) < len(csvIndexVersion)+len(id)+4:
-		return x, "index stale"
-	}
-	v = v[len(csvIndexVersion)+len(id):]
-	if x.last, v = binary.BigEndian.Uint32(v), v[4:]; len(v) > 0 {
-		line, n := binary.Uvarint(v)
-		x.err = &csvError{file, int(line), string(v[n:])}
-	} else if x.routes = x.tx.Bucket([]byte("routes")); x.routes == nil {
-		return x, "index corrupt"
+		v, ok := csvUnseal([]byte("csv"), meta.Get([]byte("csv")))
+		switch {
+		case !ok:
+		case !bytes.HasPrefix(v, []byte(csvIndexVersion)):
+			why = "index from another version"
+		case !bytes.HasPrefix(v[len(csvIndexVersion):], id) || len(v) < len(csvIndexVersion)+len(id)+4:
+			why = "index stale"
+		default:
+			v = v[len(csvIndexVersion)+len(id):]
+			if x.last, v, why = binary.BigEndian.Uint32(v), v[4:], ""; len(v) > 0 {
+				line, n := binary.Uvarint(v)
+				x.err = &csvError{file, int(line), string(v[n:])}
+			}
+		}
+		return nil
+	})
+	if why != "" {
+		db.Close()
+		return nil, why
 	}
 	return x, ""
 }
 
-// lookup answers keys from the index, or errCSVIndexCorrupt when a record
-// it reads, or the order of its neighbours, shows damage.
-func (x *csvIndex) lookup(keys []string) (out []csvAnswer, err error) {
+// lookup returns each key's server ("" none) from the index, or
+// errCSVIndexCorrupt when the record it finds or, for a miss, the records
+// on both sides of the key or their order show damage.
+func (x *csvIndex) lookup(keys []string) ([]string, error) {
 	if x.err != nil {
 		return nil, x.err
 	}
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if recover() != nil {
-			out, err = nil, errCSVIndexCorrupt
+	out := make([]string, len(keys))
+	return out, csvGuarded(x.db, func(tx *bolt.Tx) error {
+		for i, k := range keys {
+			key := csvAppendKey(nil, k)
+			c := tx.Bucket([]byte("routes")).Cursor()
+			nk, nv := c.Seek(key)
+			v, ok := csvUnseal(nk, nv)
+			if nk != nil && (!ok || len(v) < 4 || bytes.Compare(nk, key) < 0) {
+				return errCSVIndexCorrupt
+			} else if bytes.Equal(nk, key) {
+				out[i] = string(v[:len(v)-4])
+				continue
+			}
+			pk, pv := c.Prev()
+			next := x.last // the CRC the record after pk names it by
+			if nk != nil {
+				next = binary.BigEndian.Uint32(v[len(v)-4:])
+			} else {
+				pk, pv = c.Last()
+			}
+			if _, pok := csvUnseal(pk, pv); next != csvKeySum(pk) || pk != nil && (!pok || bytes.Compare(pk, key) >= 0) {
+				return errCSVIndexCorrupt
+			}
 		}
-	}()
-	out = make([]csvAnswer, len(keys))
-	for i, k := range keys {
-		key := csvAppendKey(nil, k)
-		c := x.routes.Cursor()
-		nk, nv := c.Seek(key)
-		next, nextPrev, ok := csvRecord(nk, nv)
-		if !ok || nk != nil && bytes.Compare(nk, key) < 0 {
-			return nil, errCSVIndexCorrupt
-		}
-		if nk != nil && bytes.Equal(nk, key) {
-			out[i] = csvAnswer{string(next), true}
-			continue
-		}
-		// A miss: the records around the key must be neighbours.
-		pk, pv := c.Prev()
-		if nk == nil {
-			pk, pv = c.Last()
-		}
-		_, _, ok = csvRecord(pk, pv)
-		if !ok || pk != nil && bytes.Compare(pk, key) >= 0 {
-			return nil, errCSVIndexCorrupt
-		}
-		if nk == nil && csvKeySum(pk) != x.last || nk != nil && csvKeySum(pk) != nextPrev {
-			return nil, errCSVIndexCorrupt
-		}
-	}
-	return out, nil
-}
-
-// csvRecord unseals a record: the server and the CRC of the key before
-// it; ok is false for a damaged one. No record (k nil) is whole.
-func csvRecord(k, v []byte) (server []byte, prev uint32, ok bool) {
-	if k == nil {
-		return nil, 0, true
-	}
-	u, ok := csvUnseal(k, v)
-	if !ok || len(u) < 4 {
-		return nil, 0, false
-	}
-	return u[:len(u)-4], binary.BigEndian.Uint32(u[len(u)-4:]), true
-}
-
-// csvKeySum is the CRC by which a record names the key before it; 0 for
-// none.
-func csvKeySum(k []byte) uint32 {
-	if k == nil {
-		return 0
-	}
-	return crc32.Checksum(k, csvCRC) | 1
+		return nil
+	})
 }
 
 // lockCSVIndex takes the rebuild lock of file's index, waiting for it or not.
@@ -253,18 +221,15 @@ func lockCSVIndex(file, dir string, wait bool) (*os.File, error) {
 		return nil, err
 	}
 	l, err := os.OpenFile(csvIndexPath(file, dir)+".lock", os.O_CREATE|os.O_RDWR, 0o640)
-	if err != nil {
-		return nil, err
+	if err == nil && !wait {
+		err = syscall.Flock(int(l.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	} else if err == nil {
+		err = syscall.Flock(int(l.Fd()), syscall.LOCK_EX)
 	}
-	how := syscall.LOCK_EX
-	if !wait {
-		how |= syscall.LOCK_NB
-	}
-	if err := syscall.Flock(int(l.Fd()), how); err != nil {
+	if err != nil && l != nil {
 		l.Close()
-		return nil, err
 	}
-	return l, nil
+	return l, err
 }
 
 // startCSVIndexBuild rebuilds the index in the background of this process
@@ -293,53 +258,48 @@ func startCSVIndexBuild(file, dir string) string {
 }
 
 // buildCSVIndex writes the index into a temporary file, syncs it and renames
-// it into place; the caller holds the lock. Patterns are sorted per pass and
-// appended, so that memory stays bounded by csvIndexPassBytes.
+// it into place; the caller holds the lock. Each pass keeps the rows of one
+// range of key hashes (about csvIndexPassBytes of the CSV), sorts them and
+// appends them to the tree, so that memory stays bounded.
 func buildCSVIndex(file, dir string) (int, error) {
 	f, err := os.Open(file)
 	if err != nil {
 		return 0, err
 	}
 	defer f.Close()
-	start := time.Now()
-	id, ctime, err := csvIdentity(f)
+	id, err := csvIdentity(f)
 	if err != nil {
 		return 0, err
 	}
-	path := csvIndexPath(file, dir)
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
+	// A CSV changed within its file system's time tick may change again with
+	// the same times: wait until that tick is over, then take them again.
+	if wait := time.Until(time.Unix(0, int64(binary.BigEndian.Uint64(id[32:]))).Add(csvIndexRacy)); wait > 0 {
+		time.Sleep(min(wait, csvIndexRacy)) // a clock ahead: not forever
+		if id, err = csvIdentity(f); err != nil {
+			return 0, err
+		}
 	}
+	path, size := csvIndexPath(file, dir), int64(binary.BigEndian.Uint64(id[16:]))
 	os.Remove(path + ".tmp") // left by a process that died building
-	db, err := bolt.Open(path+".tmp", 0o640, &bolt.Options{NoSync: true, NoFreelistSync: true, InitialMmapSize: 4 * int(fi.Size())})
+	db, err := bolt.Open(path+".tmp", 0o640, &bolt.Options{NoSync: true, NoFreelistSync: true, InitialMmapSize: 4 * int(size)})
 	if err != nil {
 		return 0, err
 	}
 	defer os.Remove(path + ".tmp")
 	defer db.Close()
 	defer debug.SetMemoryLimit(debug.SetMemoryLimit(csvIndexMemory))
-	passes := 1 + int(fi.Size()/csvIndexPassBytes)
-	type ent struct{ off, klen, vlen int } // a row in the arena: key, server
-	var fault, prev []byte                 // prev: the last key put, across passes
-	sum, rows, patterns := crc32.New(csvCRC), 0, 0
+	type row struct{ off, klen, end int } // in the pass's arena: key, server, CRC of the key before, CRC
+	passes, patterns, fault, before := 1+int(size/csvIndexPassBytes), 0, []byte(nil), uint32(0)
 	for pass := 0; pass < passes && fault == nil; pass++ {
-		var r io.Reader = io.NewSectionReader(f, 0, 1<<62)
-		if pass == 0 {
-			r = io.TeeReader(r, sum)
-		}
-		arena, ents := make([]byte, 0, fi.Size()/int64(passes)*5/4), []ent(nil)
-		err := readCSV(file, r, func(_ int, pattern, server string) error {
-			if rows++; rows%4096 == 0 {
-				runtime.Gosched() // a session in this process goes first
-			}
+		arena, rows := make([]byte, 0, size/int64(passes)*5/4), []row(nil)
+		err := readCSV(file, f, func(_ int, pattern, server string) error {
 			off := len(arena)
 			if arena = csvAppendKey(arena, pattern); int(arena[off])*passes>>8 != pass {
-				arena = arena[:off]
+				arena = arena[:off] // another pass's
 				return nil
 			}
-			ents = append(ents, ent{off, len(arena) - off, len(server)})
-			arena = append(arena, server...)
+			arena = append(append(arena, server...), 0, 0, 0, 0, 0, 0, 0, 0) // CRCs set when stored
+			rows = append(rows, row{off, len(pattern) + 2, len(arena)})
 			return nil
 		})
 		if ce := (*csvError)(nil); errors.As(err, &ce) {
@@ -347,22 +307,19 @@ func buildCSVIndex(file, dir string) (int, error) {
 		} else if err != nil {
 			return 0, err
 		}
-		if pass == 0 {
-			io.Copy(io.Discard, r)
-		}
-		key := func(e ent) []byte { return arena[e.off : e.off+e.klen] }
-		slices.SortFunc(ents, func(a, b ent) int { return cmp.Or(bytes.Compare(key(a), key(b)), a.off-b.off) })
-		for i := 0; i < len(ents) && fault == nil; {
+		key := func(r row) []byte { return arena[r.off : r.off+r.klen] }
+		slices.SortFunc(rows, func(a, b row) int { return cmp.Or(bytes.Compare(key(a), key(b)), a.off-b.off) })
+		rows = slices.CompactFunc(rows, func(a, b row) bool { return bytes.Equal(key(a), key(b)) }) // the first row wins
+		for n := 0; fault == nil && len(rows) > 0; rows, patterns = rows[n:], patterns+n {
+			n = min(len(rows), 1<<16) // rows per transaction, which holds them in memory
 			err := db.Update(func(tx *bolt.Tx) error {
 				b, err := tx.CreateBucketIfNotExists([]byte("routes"))
-				for n := 0; b != nil && err == nil && i < len(ents) && n < 1<<16; i, n = i+1, n+1 {
-					b.FillPercent = 1 // appended in order: full pages
-					if k := key(ents[i]); i == 0 || !bytes.Equal(k, key(ents[i-1])) {
-						v := append(slices.Clip(arena[ents[i].off+ents[i].klen:][:ents[i].vlen]), 0, 0, 0, 0)
-						binary.BigEndian.PutUint32(v[len(v)-4:], csvKeySum(prev))
-						err = b.Put(k, binary.BigEndian.AppendUint32(v, csvSum(k, v)))
-						prev = append(prev[:0], k...)
-						patterns++
+				for _, r := range rows[:n] {
+					if rec := arena[r.off:r.end]; err == nil {
+						binary.BigEndian.PutUint32(rec[len(rec)-8:], before)
+						binary.BigEndian.PutUint32(rec[len(rec)-4:], crc32.Checksum(rec[:len(rec)-4], csvCRC))
+						before, b.FillPercent = csvKeySum(key(r)), 1 // appended in order: full pages
+						err = b.Put(key(r), rec[r.klen:])
 					}
 				}
 				return err
@@ -373,73 +330,51 @@ func buildCSVIndex(file, dir string) (int, error) {
 		}
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		meta, err := tx.CreateBucketIfNotExists([]byte("meta"))
-		if err == nil {
-			_, err = tx.CreateBucketIfNotExists([]byte("routes"))
+		_, err := tx.CreateBucketIfNotExists([]byte("routes")) // none when the CSV has no rows
+		meta, err2 := tx.CreateBucketIfNotExists([]byte("meta"))
+		if err = cmp.Or(err, err2); err != nil {
+			return err
 		}
-		v := binary.BigEndian.AppendUint32(append([]byte(csvIndexVersion), id...), csvKeySum(prev))
-		v = append(v, fault...)
-		v = binary.BigEndian.AppendUint32(v, csvSum([]byte("csv"), v))
-		return cmp.Or(err, meta.Put([]byte("csv"), v))
+		v := append(binary.BigEndian.AppendUint32(append([]byte(csvIndexVersion), id...), before), fault...)
+		return meta.Put([]byte("csv"), binary.BigEndian.AppendUint32(v, csvSum([]byte("csv"), v)))
 	})
 	if err = cmp.Or(err, db.Sync(), db.Close()); err != nil {
 		return 0, err
 	}
-	// Written while the CSV's change time was still racy, the index holds
-	// only if the CSV's bytes are the same once that time has passed.
-	racy := start.Before(ctime.Add(csvIndexRacy))
-	time.Sleep(min(time.Until(ctime.Add(csvIndexRacy)), csvIndexRacy)) // a clock ahead: not forever
-	if g, err := os.Open(file); err != nil {
+	if g, err := os.Open(file); err != nil { // an edit since it was opened discards the index
 		return 0, err
-	} else {
-		again, _, err := csvIdentity(g)
-		resum := crc32.New(csvCRC)
-		if racy && err == nil {
-			_, err = io.Copy(resum, g)
-		}
-		g.Close()
-		if err != nil || !bytes.Equal(again, id) || racy && resum.Sum32() != sum.Sum32() {
-			return 0, fmt.Errorf("%s changed while indexed", file)
-		}
+	} else if again, err := csvIdentity(g); g.Close() != nil || err != nil || !bytes.Equal(again, id) {
+		return 0, cmp.Or(err, fmt.Errorf("%s changed while indexed", file))
 	}
-	if err := os.Rename(path+".tmp", path); err != nil {
-		return 0, err
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return patterns, nil
+	// Not followed by a sync of the folder: a crash may leave the old index,
+	// whose identity no longer matches, or none; either is rebuilt.
+	return patterns, os.Rename(path+".tmp", path)
 }
 
 // checkCSVIndex verifies the index against a full parse of its CSV (each
-// pattern's first server, or the parse's fault), else rebuilds it, and
-// says which for `willi check`.
-func checkCSVIndex(file, dir string, routes map[string]string, fault error) (string, error) {
+// pattern's first server, the count, each record's CRC; or the parse's
+// fault), else rebuilds it, and says which for `willi check`.
+func checkCSVIndex(file, dir string, f *os.File, routes map[string]csvFirst, fault error) (string, error) {
 	path := csvIndexPath(file, dir)
-	f, err := os.Open(file)
-	if err != nil {
-		return "", err
-	}
 	x, why := openCSVIndex(file, dir, f)
-	f.Close()
 	if x != nil {
-		// Each record whole, under its pattern's key, with its server,
-		// naming the key before it.
-		n, whole, prev := 0, x.routes != nil, []byte(nil)
-		if whole {
-			x.routes.ForEach(func(k, v []byte) error {
-				v, before, ok := csvRecord(k, v)
+		n, whole, before := 0, true, uint32(0)
+		err := csvGuarded(x.db, func(tx *bolt.Tx) error {
+			tx.Bucket([]byte("routes")).ForEach(func(k, v []byte) error {
+				v, ok := csvUnseal(k, v)
 				pattern := string(k[min(2, len(k)):])
-				s, found := routes[pattern]
-				whole = whole && ok && found && s == string(v) && bytes.Equal(csvAppendKey(nil, pattern), k) && before == csvKeySum(prev)
-				n, prev = n+1, k
+				first, found := routes[pattern]
+				whole = whole && ok && found && len(v) >= 4 && binary.BigEndian.Uint32(v[len(v)-4:]) == before &&
+					first.server == string(v[:len(v)-4]) && bytes.Equal(csvAppendKey(nil, pattern), k)
+				before, n = csvKeySum(k), n+1
 				return nil
 			})
-			whole = whole && csvKeySum(prev) == x.last
-		}
-		x.close()
-		if whole && n == len(routes) || fault != nil && x.err != nil && x.err.Error() == fault.Error() {
+			whole = whole && before == x.last
+			return nil
+		})
+		x.db.Close()
+		// The same fault, or none and the same routes.
+		if err == nil && fmt.Sprint(x.err) == fmt.Sprint(fault) && (fault != nil || whole && n == len(routes)) {
 			return fmt.Sprintf("index %s: current, verified (%d patterns)", path, n), nil
 		}
 		why = "index disagrees with the file"
