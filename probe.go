@@ -16,10 +16,13 @@ import (
 // probeClient is the client an upstream is told about when probed: an
 // address from the documentation range (RFC 5737), so that XCLIENT and
 // PROXY are tried as a session would try them without naming a real host.
-var probeClient = clientFacts{
-	ip: net.ParseIP("192.0.2.1").To4(), port: 25, helo: "probe.invalid", esmtp: true,
-	tls:  true, // under starttls = "mirror", as for a client that used TLS
-	name: func() string { return nameUnavailable },
+// (A function: a session's process start pays for no probe.)
+func probeClient() clientFacts {
+	return clientFacts{
+		ip: net.IPv4(192, 0, 2, 1).To4(), port: 25, helo: "probe.invalid", esmtp: true,
+		tls:  true, // under starttls = "mirror", as for a client that used TLS
+		name: func() string { return nameUnavailable },
+	}
 }
 
 // runProbe implements `willi probe [-config FILE] [ADDRESS|SERVER...]`:
@@ -154,7 +157,7 @@ func probeServer(cfg *Config, srv Server, out io.Writer) bool {
 	var logged strings.Builder
 	log := slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	p := upstreamParams{
-		hostname: cfg.Hostname, client: probeClient,
+		hostname: cfg.Hostname, client: probeClient(),
 		connectTimeout: cfg.UpstreamConnectTimeout.Duration, commandTimeout: min(cfg.UpstreamCommandTimeout.Duration, 30*time.Second),
 		policy: cfg.upstreamPolicy, dial: (&net.Dialer{}).DialContext, log: log,
 	}
