@@ -49,7 +49,7 @@ var csvIndexRacy = time.Second
 
 var (
 	errCSVIndexCorrupt = errors.New("csv index corrupt")
-	csvCRC             = crc32.MakeTable(crc32.Castagnoli)
+	csvCRC             = sync.OnceValue(func() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) }) // made when first needed: not every process needs it
 	// csvIndexBuilds are the rebuilds this process runs: it waits for them
 	// before it exits, after its session has ended.
 	csvIndexBuilds sync.WaitGroup
@@ -83,12 +83,12 @@ func csvIdentity(f *os.File) (id []byte, err error) {
 	if err = cmp.Or(err1, err2); err != nil && err != io.EOF {
 		return nil, err
 	}
-	return binary.BigEndian.AppendUint32(id, crc32.Update(crc32.Checksum(head[:n1], csvCRC), csvCRC, tail[:n2])), nil
+	return binary.BigEndian.AppendUint32(id, crc32.Update(crc32.Checksum(head[:n1], csvCRC()), csvCRC(), tail[:n2])), nil
 }
 
 // csvSum is the CRC a stored value ends with, proof that the record is whole.
 func csvSum(key, value []byte) uint32 {
-	return crc32.Update(crc32.Checksum(key, csvCRC), csvCRC, value)
+	return crc32.Update(crc32.Checksum(key, csvCRC()), csvCRC(), value)
 }
 
 // csvUnseal is a stored value without its CRC, and whether the CRC holds.
@@ -104,13 +104,13 @@ func csvKeySum(k []byte) uint32 {
 	if k == nil {
 		return 0
 	}
-	return crc32.Checksum(k, csvCRC) | 1
+	return crc32.Checksum(k, csvCRC()) | 1
 }
 
 // csvAppendKey appends pattern's key in the index: a 2-byte hash, then the pattern.
 func csvAppendKey(b []byte, pattern string) []byte {
 	b = append(append(b, 0, 0), pattern...)
-	binary.BigEndian.PutUint16(b[len(b)-len(pattern)-2:], uint16(crc32.Checksum(b[len(b)-len(pattern):], csvCRC)>>16))
+	binary.BigEndian.PutUint16(b[len(b)-len(pattern)-2:], uint16(crc32.Checksum(b[len(b)-len(pattern):], csvCRC())>>16))
 	return b
 }
 
@@ -317,7 +317,7 @@ func buildCSVIndex(file, dir string) (int, error) {
 				for _, r := range rows[:n] {
 					if rec := arena[r.off:r.end]; err == nil {
 						binary.BigEndian.PutUint32(rec[len(rec)-8:], before)
-						binary.BigEndian.PutUint32(rec[len(rec)-4:], crc32.Checksum(rec[:len(rec)-4], csvCRC))
+						binary.BigEndian.PutUint32(rec[len(rec)-4:], crc32.Checksum(rec[:len(rec)-4], csvCRC()))
 						before, b.FillPercent = csvKeySum(key(r)), 1 // appended in order: full pages
 						err = b.Put(key(r), rec[r.klen:])
 					}
