@@ -256,7 +256,7 @@ func ivCheck(res *ivResult) {
 			_, relayed := res.ups.marked(e.reply)
 			// Under fanout the documented case: an upstream that said 250
 			// before another failed; willi must log it at warn.
-			logged := holders > 1 && strings.Contains(res.log, `msg="message accepted by some upstreams only"`)
+			logged := holders > 1 && strings.Contains(res.log, `msg="message accepted by some upstreams only`)
 			if len(got) == 1 && got[0].dotCode == 250 && (relayed || e.code/100 != 4) && !logged {
 				res.problem("a", "upstream conn %d accepted the message of %s, the client got %q: a duplicate when it retries", got[0].conn.n, tx.from, ivFirstLine(e.reply))
 			}
