@@ -481,11 +481,6 @@ func hOneByte(in string) []string {
 	return segs
 }
 
-// hVoid is the reply of a transaction whose accepted recipients were lost.
-func hVoid(why string) string {
-	return "451 4.4.2 Error: transaction void: the upstream that accepted its recipients failed (" + why + "); send RSET and try again\r\n"
-}
-
 // hReadAll reads until willi closes (or hWait passes).
 func hReadAll(conn net.Conn, o *hOutput) (string, bool) {
 	conn.SetReadDeadline(time.Now().Add(hWait))

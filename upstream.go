@@ -193,7 +193,7 @@ func (u *upstream) send(line string) error {
 // client's reply to give.
 func (u *upstream) cmd(line string) (*Reply, error) {
 	if u.state == upClosed {
-		return nil, errUpstreamClosing
+		return nil, errUpstreamClosed
 	}
 	if err := u.send(line); err != nil {
 		return nil, u.lose(err)

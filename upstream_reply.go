@@ -23,9 +23,9 @@ const (
 // errUpstreamProtocol is a reply that breaks RFC 5321, or unsolicited bytes.
 var errUpstreamProtocol = errors.New("upstream protocol violation")
 
-// errUpstreamClosing is an upstream's 421: it is closing its side, so
-// whatever transaction it held is lost.
-var errUpstreamClosing = errors.New("upstream closing (421)")
+// errUpstreamClosed is a command for an upstream whose connection is
+// already gone.
+var errUpstreamClosed = errors.New("upstream connection closed")
 
 // readReply parses one reply from br, strictly: 3 digits (2-5 first), '-'
 // or ' ' or end of line, the same code on every line, bounded line length
