@@ -22,8 +22,7 @@ type phase int
 const (
 	phaseGreet phase = iota // banner sent, no EHLO/HELO yet
 	phaseReady              // greeted, no transaction
-	phaseMail               // MAIL accepted, no recipient accepted yet
-	phaseRcpt               // at least one recipient accepted
+	phaseMail               // MAIL accepted: a transaction (s.tx) is open
 )
 
 // clientBufferSize is the client reader's buffer. DATA is relayed one
@@ -337,7 +336,7 @@ func needNoTransaction(p phase) *Reply {
 	switch p {
 	case phaseGreet:
 		return replyBadSequenceNoHelo
-	case phaseMail, phaseRcpt:
+	case phaseMail:
 		return replyNestedMail
 	}
 	return nil
@@ -351,7 +350,7 @@ func needMail(p phase) *Reply {
 }
 
 func outsideTransaction(p phase) *Reply {
-	if p == phaseMail || p == phaseRcpt {
+	if p == phaseMail {
 		return reply(503, "5.5.1", "Error: MAIL transaction in progress")
 	}
 	return nil
@@ -607,7 +606,6 @@ func (s *Session) addRecipient(p pathArg) *Reply {
 	}
 	if rep.Code/100 == 2 {
 		l.accepted = append(l.accepted, p.addr)
-		s.phase = phaseRcpt
 	}
 	return rep
 }
