@@ -30,6 +30,8 @@ import (
 //	C: <close>            the client closes the connection
 //	S: TEXT               the client must receive exactly this line
 //	S~ REGEXP             the client must receive a line matching REGEXP
+//	L~ REGEXP             willi's log must have a line matching REGEXP (checked
+//	                      once the session ended)
 //	S: <close>            willi must close the client connection
 //	W: <connect>          willi must connect to upstream up1.test:25
 //	W: TEXT               upstream 1 must receive exactly this line
@@ -249,8 +251,13 @@ func runTranscript(t *testing.T, file string) {
 		return p
 	}
 	action := regexp.MustCompile(`^([CSUW])(\d*)([:~]) ?(.*)$`)
+	var logWants []string // L~ lines, with where they stand
 	for i, l := range script {
 		where := fmt.Sprintf("%s:%d %q", filepath.Base(file), i+1, l)
+		if re, ok := strings.CutPrefix(l, "L~ "); ok {
+			logWants = append(logWants, where, re)
+			continue
+		}
 		if strings.HasPrefix(l, "<sleep ") {
 			d, err := time.ParseDuration(strings.TrimSuffix(strings.TrimPrefix(l, "<sleep "), ">"))
 			if err != nil {
@@ -344,6 +351,11 @@ func runTranscript(t *testing.T, file string) {
 	for l := range client.lines {
 		if !strings.HasPrefix(l, "221 ") && !strings.HasPrefix(l, "421 ") {
 			t.Fatalf("unexpected reply after the script: %q", l)
+		}
+	}
+	for i := 0; i < len(logWants); i += 2 {
+		if !regexp.MustCompile(`(?m)` + logWants[i+1]).MatchString(logBuf.String()) {
+			t.Fatalf("%s: no log line matches", logWants[i])
 		}
 	}
 }
