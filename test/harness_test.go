@@ -897,26 +897,32 @@ type postfixInstance struct {
 // directories; smtpd on free loopback ports; log to a file) and stops it in
 // t.Cleanup. An unknown recipient at example.org gets
 // "550 5.1.1 <...>: Recipient address rejected: User unknown in virtual mailbox table".
+// postfixInstanceDir returns the postfix account's ids and a new folder
+// for a private instance: a short path under /tmp, because Postfix checks
+// the ownership and modes of the queue directory's parents and its daemons
+// run unprivileged.
+func postfixInstanceDir(t testing.TB, prefix string) (uid, gid int, dir string) {
+	t.Helper()
+	pfUser, err := user.Lookup("postfix")
+	if err != nil {
+		t.Fatalf("no postfix user: %v; %s", err, peerInstallHint)
+	}
+	uid, _ = strconv.Atoi(pfUser.Uid)
+	gid, _ = strconv.Atoi(pfUser.Gid)
+	if dir, err = os.MkdirTemp("/tmp", prefix); err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(dir, 0o755)
+	return uid, gid, dir
+}
+
 func startPostfix(t testing.TB, opts postfixOpts) *postfixInstance {
 	t.Helper()
 	needRoot(t)
 	postfixCmd := needProgram(t, "postfix")
 	postmap := needProgram(t, "postmap")
 	needProgram(t, "smtpd") // in /usr/lib/postfix/sbin
-	pfUser, err := user.Lookup("postfix")
-	if err != nil {
-		t.Fatalf("no postfix user: %v; %s", err, peerInstallHint)
-	}
-	uid, _ := strconv.Atoi(pfUser.Uid)
-	gid, _ := strconv.Atoi(pfUser.Gid)
-
-	// A short path under /tmp: Postfix checks the ownership and modes of
-	// the queue directory's parents and its daemons run unprivileged.
-	dir, err := os.MkdirTemp("/tmp", "willi-pf-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
+	uid, gid, dir := postfixInstanceDir(t, "willi-pf-")
 	p := &postfixInstance{
 		Dir:       dir,
 		ConfigDir: filepath.Join(dir, "etc"),

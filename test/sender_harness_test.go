@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -132,17 +130,7 @@ func startPostfixSender(t testing.TB, opts senderOpts) *postfixSender {
 	postmap := needProgram(t, "postmap")
 	needProgram(t, "sendmail")
 	needProgram(t, "postqueue")
-	pfUser, err := user.Lookup("postfix")
-	if err != nil {
-		t.Fatalf("no postfix user: %v; %s", err, peerInstallHint)
-	}
-	uid, _ := strconv.Atoi(pfUser.Uid)
-	gid, _ := strconv.Atoi(pfUser.Gid)
-	dir, err := os.MkdirTemp("/tmp", "willi-pfs-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
+	uid, gid, dir := postfixInstanceDir(t, "willi-pfs-")
 	p := &postfixSender{dir: dir, configDir: filepath.Join(dir, "etc")}
 	for _, d := range []string{"etc", "queue", "data", "mail"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
