@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -32,11 +33,23 @@ func TestBenchContainerSmoke(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^container \(medians\)\s+ssa\s+unit\s+serve$`).Match(output) {
 		t.Error("no container table header")
 	}
-	for _, row := range []string{"sessions/s, 1 client", "sessions/s, 20 clients", "of 200 at once: banner <= 2 s", "systemd-analyze security"} {
-		// Every column has a number (an empty load shows as 0 or nothing).
-		re := `(?m)^` + regexp.QuoteMeta(row) + `\s+\S+\s+[0-9.]*[1-9][0-9.]*\s+[0-9.]*[1-9][0-9.]*$`
+	// Every column served every load: a rate, a slowest banner and an
+	// exposure above zero. How many of the 200 got their banner within 2 s
+	// is a figure, not a pass mark (the per-connection unit may show 0).
+	nonZero := `[0-9.]*[1-9][0-9.]*`
+	for row, column := range map[string]string{
+		"sessions/s, 1 client":              nonZero,
+		"sessions/s, 20 clients":            nonZero,
+		"of 200 at once: slowest banner ms": nonZero,
+		"of 200 at once: banner <= 2 s":     `[0-9]+`,
+	} {
+		re := `(?m)^` + regexp.QuoteMeta(row) + strings.Repeat(`\s+`+column, 3) + `$`
 		if !regexp.MustCompile(re).Match(output) {
 			t.Errorf("table row %q missing or empty", row)
 		}
+	}
+	re := `(?m)^systemd-analyze security\s+-` + strings.Repeat(`\s+`+nonZero, 2) + `$`
+	if !regexp.MustCompile(re).Match(output) {
+		t.Error("table row \"systemd-analyze security\" missing or empty")
 	}
 }
