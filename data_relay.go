@@ -32,9 +32,8 @@ func (s *Session) cmdData(arg string) *Reply {
 	// An upstream transaction that accepted no recipient (under fanout,
 	// its RCPTs were refused) takes no part in the message.
 	for _, l := range tx.withoutRecipients() {
-		l.up.reset()
-		if l.up.usable() {
-			s.idle = append(s.idle, l.up)
+		if l.up.reset(); l.up.usable() {
+			tx.spare = append(tx.spare, l.up)
 		}
 	}
 	var goAhead *Reply // the first leg's 354, relayed as written

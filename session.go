@@ -2,12 +2,14 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -648,7 +650,12 @@ const lookupTimeout = 10 * time.Second
 // openLeg opens the transaction's upstream transaction for route: MAIL on
 // a kept connection to that route, else on a new one.
 func (s *Session) openLeg(route Route) (*leg, *Reply) {
-	u := s.takeIdle(route.ID())
+	// The transaction's own spare connection first (its MAIL was refused
+	// there), else one kept from an earlier transaction.
+	u := cmp.Or(takeIdle(&s.tx.spare, route.ID()), takeIdle(&s.idle, route.ID()))
+	if s.cfg.SplitRecipients != splitFanout {
+		s.endUpstreams() // a transaction has one leg: no other kept connection serves it
+	}
 	for {
 		reused := u != nil
 		if !reused {
@@ -666,7 +673,7 @@ func (s *Session) openLeg(route Route) (*leg, *Reply) {
 			return nil, faultReply(err)
 		}
 		if rep.Code/100 != 2 {
-			s.idle = append(s.idle, u)
+			s.tx.spare = append(s.tx.spare, u)
 			return nil, relayReply(rep, false)
 		}
 		l := &leg{up: u}
@@ -675,19 +682,22 @@ func (s *Session) openLeg(route Route) (*leg, *Reply) {
 	}
 }
 
-// takeIdle returns the kept connection to routeID, letting go of the
-// others: a session holds at most one idle connection per transaction leg.
-func (s *Session) takeIdle(routeID string) *upstream {
-	var found *upstream
-	for _, u := range s.idle {
-		if found == nil && u.routeID == routeID && u.usable() {
-			found = u
+// takeIdle takes a kept connection to routeID out of conns, or returns nil.
+// The others stay for the transaction's other legs (fanout): the end of the
+// transaction lets go of the idle ones it did not take.
+func takeIdle(conns *[]*upstream, routeID string) *upstream {
+	for i, u := range *conns {
+		if u.routeID != routeID {
 			continue
 		}
+		*conns = slices.Delete(*conns, i, i+1)
+		if u.usable() {
+			return u
+		}
 		u.end()
+		return nil
 	}
-	s.idle = s.idle[:0]
-	return found
+	return nil
 }
 
 // connect opens a connection to the route's upstream, handing it what it
@@ -735,9 +745,15 @@ func hasNonASCII(s string) bool {
 }
 
 // resetTx ends the transaction (RSET, the end of data): its log line if
-// none was written yet, RSET for its upstream transactions, whose
-// connections are kept for the next one.
+// none was written yet, RSET for its upstream transactions. The
+// connections it used are kept for the next transaction and those it did
+// not are let go, so a session keeps no more connections than its last
+// transaction needed.
 func (s *Session) resetTx() {
+	if s.tx == nil {
+		return
+	}
+	s.endUpstreams()
 	s.endTx(func(u *upstream) {
 		u.reset()
 		if u.usable() {
@@ -767,6 +783,9 @@ func (s *Session) endTx(done func(*upstream)) {
 	}
 	for _, l := range s.tx.legs {
 		done(l.up)
+	}
+	for _, u := range s.tx.spare {
+		done(u)
 	}
 	s.tx = nil
 	if s.phase > phaseReady {

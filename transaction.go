@@ -23,6 +23,7 @@ type transaction struct {
 	start  time.Time
 	rcpts  []recipient // every RCPT that named an address, in order
 	legs   []*leg      // one per upstream, several only under fanout
+	spare  []*upstream // connections it used that hold no leg (MAIL refused, no recipient accepted)
 	void   *Reply      // set once a leg with accepted recipients was lost
 	logged bool        // its log line is written
 }
