@@ -90,14 +90,19 @@ func runServe(args []string) int {
 		fs.Usage()
 		return 2
 	}
-	if o.stressAt == 0 {
-		o.stressAt = max(1, o.maxConn*3/4)
-	}
-	if o.maxConn < 1 || o.maxPerSource < 1 || o.stressAt < 1 || o.grace < 0 || o.stressTimeout <= 0 {
+	if o.maxConn < 1 || o.maxPerSource < 1 || o.stressAt < 0 || o.grace < 0 || o.stressTimeout <= 0 {
 		fmt.Fprintln(os.Stderr, "willi serve: -max-conn, -max-per-source and -stress-at must be at least 1, -grace not negative, -stress-timeout positive")
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "serve")
+	if fit := sessionsWithinTasks(); fit > 0 && o.maxConn > fit {
+		log.Warn("the task limit (TasksMax=) holds fewer sessions than -max-conn: taking no more than it holds",
+			"max_conn_asked", o.maxConn, "max_conn", fit, "tasks_per_session", serveTasksPerSession)
+		o.maxConn = fit
+	}
+	if o.stressAt == 0 {
+		o.stressAt = max(1, o.maxConn*3/4)
+	}
 
 	// The children get an absolute path: the config is read afresh by each
 	// one, and a broken config is better reported now than per connection.
@@ -129,11 +134,15 @@ func runServe(args []string) int {
 		return 1
 	}
 	s := &server{opts: o, exe: exe, log: log, hostname: cfg.Hostname, cred: cred,
-		perSource: map[string]int{}, children: map[int]*exec.Cmd{}}
+		perSource: map[string]int{}, children: map[int]*child{}}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
+	sigchld := make(chan os.Signal, 1)
+	signal.Notify(sigchld, syscall.SIGCHLD)
+	defer signal.Stop(sigchld)
+	go s.reapChildren(sigchld)
 
 	log.Info("listening", "listen", ln.Addr().String(), "systemd_socket", o.listen == "", "config", o.config,
 		"user", cred.name, "max_conn", o.maxConn, "max_per_source", o.maxPerSource,
@@ -199,8 +208,8 @@ type server struct {
 	mu        sync.Mutex
 	total     int
 	perSource map[string]int
-	children  map[int]*exec.Cmd
-	wg        sync.WaitGroup
+	children  map[int]*child // by PID, until reaped
+	wg        sync.WaitGroup // one for each child not yet reaped
 }
 
 func (s *server) active() int {
@@ -253,49 +262,28 @@ func (s *server) handle(c *net.TCPConn) {
 		return
 	}
 
+	// The reaper looks a child up as soon as it exits: it is entered
+	// before the reaper can see it.
+	s.mu.Lock()
 	cmd, err := s.start(c, ip, port, stressed)
+	if err == nil {
+		s.children[cmd.Process.Pid] = &child{cmd: cmd, key: key, remote: remote, start: time.Now()}
+		s.wg.Add(1)
+	}
+	s.mu.Unlock()
 	if err != nil {
 		s.release(key)
 		s.log.Error("cannot start child", "remote", remote, "err", err)
 		go serveRefuse(c, s.hostname, refuseUnavailable)
 		return
 	}
-	pid := cmd.Process.Pid
-	s.mu.Lock()
-	s.children[pid] = cmd
-	s.mu.Unlock()
-	s.log.Debug("child started", "pid", pid, "remote", remote, "stress", stressed)
-
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		start := time.Now()
-		err := cmd.Wait()
-		s.mu.Lock()
-		delete(s.children, pid)
-		s.mu.Unlock()
-		s.release(key)
-		attrs := []any{"pid", pid, "remote", remote, "duration", time.Since(start).Round(time.Millisecond).String()}
-		var ee *exec.ExitError
-		switch {
-		case err == nil:
-			s.log.Info("child exited", append(attrs, "status", 0)...)
-		case errors.As(err, &ee):
-			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-				s.log.Warn("child killed", append(attrs, "signal", ws.Signal().String())...)
-			} else {
-				s.log.Warn("child exited", append(attrs, "status", ee.ExitCode())...)
-			}
-		default:
-			s.log.Error("child wait", append(attrs, "err", err)...)
-		}
-	}()
+	s.log.Debug("child started", "pid", cmd.Process.Pid, "remote", remote, "stress", stressed)
 }
 
 // start hands the connection to a new child as standard input and output.
-// Our copies of the socket are closed once the child has its own.
+// Our copies of the socket are closed once the child has its own; without
+// a child the connection stays open, for the caller's refusal.
 func (s *server) start(c *net.TCPConn, ip string, port int, stressed bool) (*exec.Cmd, error) {
-	defer c.Close()
 	f, err := c.File() // a blocking duplicate, as inetd hands it over
 	if err != nil {
 		return nil, err
@@ -314,8 +302,16 @@ func (s *server) start(c *net.TCPConn, ip string, port int, stressed bool) (*exe
 	// which then lets the sessions finish.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Credential: s.cred.credential}
 	if err := cmd.Start(); err != nil {
+		// The duplicate shares the socket's open file description, whose
+		// non-blocking mode it took away for the child: without it our
+		// refusal would block a whole OS thread on the client.
+		f.Close()
+		if rc, rerr := c.SyscallConn(); rerr == nil {
+			rc.Control(func(fd uintptr) { syscall.SetNonblock(int(fd), true) })
+		}
 		return nil, err
 	}
+	c.Close()
 	return cmd, nil
 }
 
@@ -366,13 +362,13 @@ func (s *server) drain(sigs <-chan os.Signal) {
 		s.log.Error("sessions did not end after SIGTERM; killing them", "sessions", s.active())
 	}
 	s.signalAll(syscall.SIGKILL)
-	<-done // SIGKILL cannot be ignored: Wait returns
+	<-done // SIGKILL cannot be ignored: the reaper sees them all go
 }
 
 func (s *server) signalAll(sig syscall.Signal) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, cmd := range s.children {
-		cmd.Process.Signal(sig)
+	for _, ch := range s.children {
+		ch.cmd.Process.Signal(sig)
 	}
 }

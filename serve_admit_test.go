@@ -2,7 +2,9 @@ package main
 
 import (
 	"bufio"
+	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -92,5 +94,37 @@ func TestServeRefuseReply(t *testing.T) {
 	}
 	if refusePerSource.code != "421 4.7.0" || refuseBusy.code != "421 4.3.2" {
 		t.Errorf("codes: per source %q, busy %q", refusePerSource.code, refuseBusy.code)
+	}
+}
+
+// TestServeChildNotStarted: a connection whose child cannot be started
+// (here its program is missing; under TasksMax, fork fails) is answered
+// 421 4.3.0, promptly, and its slot is given back.
+func TestServeChildNotStarted(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	s := &server{opts: serveOptions{maxConn: 10, maxPerSource: 10, stressAt: 10, config: "/dev/null"},
+		exe: filepath.Join(t.TempDir(), "missing"), log: slog.New(slog.DiscardHandler),
+		hostname: "mx.example.com", perSource: map[string]int{}, children: map[int]*child{}}
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.handle(conn.(*net.TCPConn))
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(client).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "421 4.3.0 mx.example.com ") {
+		t.Errorf("got %q %v, want 421 4.3.0", line, err)
+	}
+	if s.active() != 0 || len(s.children) != 0 {
+		t.Errorf("after the refusal: %d active, children %v", s.active(), s.children)
 	}
 }

@@ -29,11 +29,17 @@ case $name in *[!A-Za-z0-9_-]* | "") die "bad container name: $name" ;; esac
 dir=$STATE/$name
 
 # The cgroup folders of the container: v2 (unified, or the whole tree), the
-# v1 name=systemd hierarchy, and v1 cpuacct (to count its CPU time).
+# v1 name=systemd hierarchy, v1 cpuacct (to count its CPU time), and v1
+# memory and pids below this process's own (the container's units get
+# their MemoryMax= and TasksMax= there, apart from other containers').
 cgroups() {
 	for h in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup /sys/fs/cgroup/cpuacct; do
 		if [ -f "$h/cgroup.procs" ] && ! [ -d "$h/unified" ]; then echo "$h/$name"; fi
 	done | awk '!seen[$0]++'
+	for c in memory pids; do
+		own=$(awk -F: -v c="$c" '$2 == c { print $3 }' /proc/self/cgroup)
+		if [ -n "$own" ] && [ -f "/sys/fs/cgroup/$c/cgroup.procs" ]; then echo "/sys/fs/cgroup/$c${own%/}/$name"; fi
+	done
 }
 
 leader() { cat "$dir/leader" 2>/dev/null || die "$name is not running"; }
@@ -80,6 +86,26 @@ boot)
 	if [ "$state" != running ]; then
 		in_ct systemctl --failed --no-pager >&2 || true
 		die "$name did not reach running (state: ${state:-none})"
+	fi
+	# On a v1 cgroup host systemd-nspawn mounts the memory and pids
+	# hierarchies read-only, and systemd then enforces no MemoryMax= or
+	# TasksMax=. Writable, and systemd re-executed to see them, each unit
+	# gets its limits as on a real machine.
+	ro=""
+	for c in memory pids; do
+		if in_ct findmnt -n -o OPTIONS "/sys/fs/cgroup/$c" 2>/dev/null | grep -q '^ro'; then
+			nsenter -t "$(leader)" -m -- mount -o remount,bind,rw "/sys/fs/cgroup/$c" || die "cannot make /sys/fs/cgroup/$c writable"
+			ro=1
+		fi
+	done
+	if [ -n "$ro" ]; then
+		in_ct systemctl daemon-reexec
+		for _ in $(seq 300); do
+			state=$(in_ct systemctl is-system-running 2>/dev/null || true)
+			[ "$state" = running ] && break
+			sleep 0.1
+		done
+		[ "$state" = running ] || die "$name did not come back after daemon-reexec (state: ${state:-none})"
 	fi
 	leader
 	;;
