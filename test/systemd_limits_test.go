@@ -148,3 +148,40 @@ systemctl enable --now willi-serve.socket`)
 		t.Errorf("a willi process crashed:\n%s", log)
 	}
 }
+
+// TestSystemdCSVIndexWithinMemoryMax: with a million-row CSV mapping, the
+// first session under each unit pair finds no index in the unit's
+// CacheDirectory, is routed by the scan, and its process rebuilds the
+// index within its unit's MemoryMax= (256M for willi@.service, enforced):
+// no OOM kill, and the next lookup answers from the index.
+func TestSystemdCSVIndexWithinMemoryMax(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a 1M-row CSV in the container")
+	}
+	c := installedContainer(t)
+	c.sh(fmt.Sprintf(`awk 'BEGIN { print "pattern,server"; for (i = 0; i < 1000000; i++) printf "user%%07d@example.org,127.0.0.1:%d\n", i }' >/opt/willi/etc/routes.csv
+echo 'rcpt@example.com,127.0.0.1:%d' >>/opt/willi/etc/routes.csv
+cat >/opt/willi/etc/willi.conf <<EOF
+hostname = "mx.test.example"
+[[mapping]]
+type = "csv"
+file = "/opt/willi/etc/routes.csv"
+EOF`, ctSinkPort, ctSinkPort))
+	for _, socket := range []string{"willi.socket", "willi-serve.socket"} {
+		c.sh("systemctl disable --now willi.socket willi-serve.socket willi-serve.service 2>/dev/null; rm -rf /var/cache/willi/*; systemctl enable --now " + socket)
+		// smtpload sends to rcpt@example.com: the CSV's last row.
+		c.normalSession(socket + ", index missing")
+		// The session's process renames the index into place before it
+		// exits; only then may a lookup look (it would rebuild one itself).
+		out := c.sh(`for i in $(seq 300); do
+	ls /var/cache/willi/routes.csv.*.idx >/dev/null 2>&1 && break
+	sleep 0.1
+done
+runuser -u willi -- env CACHE_DIRECTORY=/var/cache/willi /opt/willi/bin/willi lookup -config /opt/willi/etc/willi.conf rcpt@example.com
+journalctl --no-pager -o cat | grep -iE 'oom|memory' | grep -i willi || true`)
+		if !strings.Contains(out, "from index") || strings.Contains(strings.ToLower(out), "oom") {
+			t.Errorf("%s: after the first session, no index or an OOM kill:\n%s", socket, out)
+		}
+		c.normalSession(socket + ", from the index")
+	}
+}
