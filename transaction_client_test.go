@@ -14,6 +14,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // Running one session of TestTransactionInvariant: willi in-process on a
@@ -29,7 +31,7 @@ type ivEnv struct {
 func newIVEnv(t testing.TB) *ivEnv {
 	t.Helper()
 	dir := t.TempDir()
-	certFile, keyFile := genCert(t, dir, "mx.test")
+	certFile, keyFile := smtptest.GenCert(t, dir, "mx.test")
 	routes := "pattern,server\n" + ivDomain1 + "," + ivUpstream1 + "\n" + ivDomain2 + "," + ivUpstream2 + "\n"
 	if err := os.WriteFile(filepath.Join(dir, "routes.csv"), []byte(routes), 0o644); err != nil {
 		t.Fatal(err)

@@ -177,10 +177,10 @@ func (o *tlsUpstreamOutcome) handshakeScript(conf *tls.Config) func(u *fakeUpstr
 func relayOutcome(t *testing.T, r *tlsRig) bool {
 	t.Helper()
 	r.want("MAIL FROM:<a@example.org>", "250 ")
-	rep := r.c.cmd("RCPT TO:<b@example.net>")
+	rep := r.c.Cmd("RCPT TO:<b@example.net>")
 	switch {
 	case rep.Code == 250:
-		if d := r.c.data([]byte("Subject: t\r\n\r\nhello\r\n")); d.Code != 250 {
+		if d := r.c.Data([]byte("Subject: t\r\n\r\nhello\r\n")); d.Code != 250 {
 			t.Fatalf("end of data: %q", d.Lines)
 		}
 		r.end()
@@ -625,12 +625,12 @@ func TestNoSessionTicketsToClients(t *testing.T) {
 			r.want("EHLO client.example.org", "250 ")
 			r.want("STARTTLS", "220 ")
 			cache := &ticketCache{}
-			tc := tls.Client(r.c.conn, &tls.Config{ServerName: "mx.test", InsecureSkipVerify: true,
+			tc := tls.Client(r.c.Conn, &tls.Config{ServerName: "mx.test", InsecureSkipVerify: true,
 				MinVersion: version, MaxVersion: version, ClientSessionCache: cache})
 			if err := tc.Handshake(); err != nil {
 				t.Fatalf("handshake: %v", err)
 			}
-			r.c.conn, r.c.r = tc, bufio.NewReader(tc)
+			r.c.Conn, r.c.Reader = tc, bufio.NewReader(tc)
 			// TLS 1.3 tickets come after the handshake: a reply reads them.
 			r.want("EHLO client.example.org", "250 ")
 			r.end()

@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // deployReleaseFiles are the files a release ships besides the binary, as in
@@ -608,15 +610,15 @@ func TestDeployMakeBuildStampsVersion(t *testing.T) {
 
 // deployMessage sends one message from client@sender.test to rcpt and
 // expects 250 for it and 221 for QUIT.
-func deployMessage(t testing.TB, c *smtpClient, rcpt, subject string) {
+func deployMessage(t testing.TB, c *smtptest.Client, rcpt, subject string) {
 	t.Helper()
-	c.expect(220)
-	c.want250("EHLO client.test", "MAIL FROM:<client@sender.test>", "RCPT TO:<"+rcpt+">")
+	c.Expect(220)
+	c.Want250("EHLO client.test", "MAIL FROM:<client@sender.test>", "RCPT TO:<"+rcpt+">")
 	msg := "From: client@sender.test\r\nTo: " + rcpt + "\r\nSubject: " + subject + "\r\n\r\nHello.\r\n"
-	if r := c.data(dotStuff([]byte(msg))); r.Code != 250 {
+	if r := c.Data(smtptest.DotStuff([]byte(msg))); r.Code != 250 {
 		t.Fatalf("end of data: %q", r.Lines)
 	}
-	if r := c.cmd("QUIT"); r.Code != 221 {
+	if r := c.Cmd("QUIT"); r.Code != 221 {
 		t.Fatalf("QUIT: %q", r.Lines)
 	}
 }

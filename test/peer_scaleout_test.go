@@ -143,10 +143,10 @@ trusted = ["127.0.0.9/32"]
 			c := dialSMTP(t, w.Addr, "127.0.0.2")
 			// The header at once, as a load balancer sends it, and a
 			// command after it.
-			if _, err := c.conn.Write(append(hdr, "EHLO spoofed.example\r\n"...)); err != nil {
+			if _, err := c.Conn.Write(append(hdr, "EHLO spoofed.example\r\n"...)); err != nil {
 				t.Fatal(err)
 			}
-			soExpectClosedWithoutBanner(t, c.conn, fmt.Sprintf("untrusted PROXY v%d header", version))
+			soExpectClosedWithoutBanner(t, c.Conn, fmt.Sprintf("untrusted PROXY v%d header", version))
 		})
 	}
 
@@ -154,7 +154,7 @@ trusted = ["127.0.0.9/32"]
 		t.Run("haproxy_"+mode, func(t *testing.T) {
 			hap := startHAProxy(t, w.Addr, mode)
 			c := dialSMTP(t, hap, "127.0.0.2")
-			soExpectClosedWithoutBanner(t, c.conn, "HAProxy ("+mode+") that willi does not trust")
+			soExpectClosedWithoutBanner(t, c.Conn, "HAProxy ("+mode+") that willi does not trust")
 		})
 	}
 

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // The [[upstream]] TLS keys against a real Postfix upstream that holds a
@@ -159,21 +161,21 @@ func TestUpstreamTLSPostfixClientCertificate(t *testing.T) {
 	}
 	// send runs one transaction to alice and returns RCPT's reply and, when
 	// accepted, the delivered message.
-	send := func(t *testing.T) (smtpReply, string) {
+	send := func(t *testing.T) (smtptest.Reply, string) {
 		t.Helper()
 		c := dialSMTP(t, w.Addr, "")
-		c.expect(220)
-		c.want250("EHLO client.example.org")
-		c.want250("MAIL FROM:<a@example.org>")
-		rcpt := c.cmd("RCPT TO:<alice@example.org>")
+		c.Expect(220)
+		c.Want250("EHLO client.example.org")
+		c.Want250("MAIL FROM:<a@example.org>")
+		rcpt := c.Cmd("RCPT TO:<alice@example.org>")
 		if rcpt.Code != 250 {
-			c.cmd("QUIT")
+			c.Cmd("QUIT")
 			return rcpt, ""
 		}
-		if rep := c.data([]byte("Subject: client certificate\r\n\r\nhello\r\n")); rep.Code != 250 {
+		if rep := c.Data([]byte("Subject: client certificate\r\n\r\nhello\r\n")); rep.Code != 250 {
 			t.Fatalf("end of data: %q", rep.Lines)
 		}
-		c.cmd("QUIT")
+		c.Cmd("QUIT")
 		return rcpt, up.waitMail(t, "alice", 30*time.Second)
 	}
 	full := fmt.Sprintf("ca_file = %q\nserver_name = \"relay.example.net\"\ncert_file = %q\nkey_file = %q\nmin_version = \"1.3\"",
