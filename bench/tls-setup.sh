@@ -99,33 +99,11 @@ EOC
 	if [ "$role" = upstream ]; then
 		printf 'virtual_mailbox_domains = example.org\nvirtual_mailbox_maps = hash:%s\n' "$dir/etc/vmailbox" >>"$dir/etc/main.cf"
 	fi
-	{
-		[ "$listen" != - ] && echo "$listen inet n - n - - smtpd"
-		cat <<'EOC'
-pickup    fifo  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      fifo  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-virtual   unix  -       n       n       -       -       virtual
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOC
-	} >"$dir/etc/master.cf"
+	if [ "$listen" = - ]; then
+		"$ROOT/test/postfix-master-cf.sh" "$dir/etc"
+	else
+		"$ROOT/test/postfix-master-cf.sh" "$dir/etc" "$listen inet n - n - - smtpd"
+	fi
 	postmap -c "$dir/etc" "hash:$dir/etc/vmailbox"
 	postfix -c "$dir/etc" start
 }

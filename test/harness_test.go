@@ -58,33 +58,6 @@ func needRoot(t testing.TB) {
 	}
 }
 
-// postfixServices is master.cf's list of Postfix's internal services, for
-// the private instances the tests run (upstreams and senders alike).
-const postfixServices = `pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-`
-
 // ---------------------------------------------------------------------------
 // Building willi
 
@@ -157,6 +130,21 @@ func freePort(t testing.TB) int {
 func deadPort(t testing.TB) int {
 	t.Helper()
 	return freePort(t)
+}
+
+// runCmd runs a command with a timeout and returns its combined output.
+func runCmd(timeout time.Duration, stdin []byte, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
 }
 
 // writeConfig writes toml as dir/willi.conf and returns its path.
@@ -711,12 +699,9 @@ type postfixInstance struct {
 	seen map[string]bool
 }
 
-// startPostfix starts a private Postfix (own config, queue, data and mailbox
-// directories; smtpd on free loopback ports; log to a file) and stops it in
-// t.Cleanup. An unknown recipient at example.org gets
-// "550 5.1.1 <...>: Recipient address rejected: User unknown in virtual mailbox table".
 // postfixInstanceDir returns the postfix account's ids and a new folder
-// for a private instance: a short path under /tmp, because Postfix checks
+// for a private instance, with its etc, queue, data and mail folders (data
+// and mail owned by postfix): a short path under /tmp, because Postfix checks
 // the ownership and modes of the queue directory's parents and its daemons
 // run unprivileged.
 func postfixInstanceDir(t testing.TB, prefix string) (uid, gid int, dir string) {
@@ -731,9 +716,33 @@ func postfixInstanceDir(t testing.TB, prefix string) (uid, gid int, dir string) 
 		t.Fatal(err)
 	}
 	os.Chmod(dir, 0o755)
+	for _, d := range []string{"etc", "queue", "data", "mail"} {
+		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Chown(filepath.Join(dir, "data"), uid, gid)
+	os.Chown(filepath.Join(dir, "mail"), uid, gid)
 	return uid, gid, dir
 }
 
+// writePostfixMasterCf writes configDir/master.cf for a private instance
+// with test/postfix-master-cf.sh, which bench/tls-setup.sh runs too: the
+// postfix package's services without chroot and without the system's smtpd,
+// plus the listener lines given. configDir/main.cf must exist already.
+func writePostfixMasterCf(t testing.TB, configDir string, listeners ...string) {
+	t.Helper()
+	needProgram(t, "postconf")
+	args := append([]string{"test/postfix-master-cf.sh", configDir}, listeners...)
+	if _, err := runCmd(30*time.Second, nil, "sh", args...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startPostfix starts a private Postfix (own config, queue, data and mailbox
+// directories; smtpd on free loopback ports; log to a file) and stops it in
+// t.Cleanup. An unknown recipient at example.org gets
+// "550 5.1.1 <...>: Recipient address rejected: User unknown in virtual mailbox table".
 func startPostfix(t testing.TB, opts postfixOpts) *postfixInstance {
 	t.Helper()
 	needRoot(t)
@@ -749,13 +758,6 @@ func startPostfix(t testing.TB, opts postfixOpts) *postfixInstance {
 		Hostname:  "upstream.test",
 		seen:      map[string]bool{},
 	}
-	for _, d := range []string{"etc", "queue", "data", "mail"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	os.Chown(filepath.Join(dir, "data"), uid, gid)
-	os.Chown(filepath.Join(dir, "mail"), uid, gid)
 	users := opts.Users
 	if len(users) == 0 {
 		users = []string{"alice", "bob", "carol"}
@@ -811,28 +813,16 @@ smtpd_reject_unlisted_recipient = yes
 			"smtpd_tls_security_level = may\nsmtpd_tls_received_header = yes\n"+
 			"smtpd_tls_loglevel = 1\n", cert, key)
 	}
-	masterCf := fmt.Sprintf("%s inet n - n - - smtpd\n", p.Addr)
+	listeners := []string{p.Addr + " inet n - n - - smtpd"}
 	if opts.ProxyListener {
 		p.ProxyAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		masterCf += fmt.Sprintf("%s inet n - n - - smtpd\n  -o smtpd_upstream_proxy_protocol=haproxy\n", p.ProxyAddr)
+		listeners = append(listeners, p.ProxyAddr+" inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy")
 	}
-	masterCf += postfixServices
 	if err := os.WriteFile(filepath.Join(p.ConfigDir, "main.cf"), []byte(mainCf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(p.ConfigDir, "master.cf"), []byte(masterCf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	run := func(timeout time.Duration, name string, args ...string) error {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
-	if err := run(30*time.Second, postmap, "-c", p.ConfigDir, "hash:"+vmbPath); err != nil {
+	writePostfixMasterCf(t, p.ConfigDir, listeners...)
+	if _, err := runCmd(30*time.Second, nil, postmap, "-c", p.ConfigDir, "hash:"+vmbPath); err != nil {
 		os.RemoveAll(dir)
 		t.Fatal(err)
 	}
@@ -843,7 +833,7 @@ smtpd_reject_unlisted_recipient = yes
 		p.stop(postfixCmd)
 		os.RemoveAll(dir)
 	})
-	if err := run(60*time.Second, postfixCmd, "-c", p.ConfigDir, "start"); err != nil {
+	if _, err := runCmd(60*time.Second, nil, postfixCmd, "-c", p.ConfigDir, "start"); err != nil {
 		t.Fatalf("starting private postfix: %v\nlog:\n%s", err, tailFile(filepath.Join(dir, "maillog"), 8<<10))
 	}
 	waitListening(t, p.Addr, 15*time.Second, "postfix smtpd")

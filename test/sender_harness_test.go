@@ -1,11 +1,8 @@
 package test
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -92,21 +89,6 @@ func readMaildir(dir string) []string {
 	return out
 }
 
-// runCmd runs a command with a timeout and returns its combined output.
-func runCmd(timeout time.Duration, stdin []byte, name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
-}
-
 // ---------------------------------------------------------------------------
 // Postfix as the sending MTA
 
@@ -132,13 +114,6 @@ func startPostfixSender(t testing.TB, opts senderOpts) *postfixSender {
 	needProgram(t, "postqueue")
 	uid, gid, dir := postfixInstanceDir(t, "willi-pfs-")
 	p := &postfixSender{dir: dir, configDir: filepath.Join(dir, "etc")}
-	for _, d := range []string{"etc", "queue", "data", "mail"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	os.Chown(filepath.Join(dir, "data"), uid, gid)
-	os.Chown(filepath.Join(dir, "mail"), uid, gid)
 	// Local mailboxes for the sender's own domain, where bounces arrive.
 	var vmb strings.Builder
 	for _, u := range []string{"sender", "postmaster", "jörg"} {
@@ -194,13 +169,10 @@ minimal_backoff_time = 300s
 maximal_backoff_time = 4000s
 queue_run_delay = 300s
 `, dir, p.Domain(), hostOf(opts.Relay), portOf(opts.Relay), tlsLevel, uid, gid)
-	masterCf := postfixServices
 	if err := os.WriteFile(filepath.Join(p.configDir, "main.cf"), []byte(mainCf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(p.configDir, "master.cf"), []byte(masterCf), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	writePostfixMasterCf(t, p.configDir)
 	for _, m := range []string{"vmailbox", "transport"} {
 		if _, err := runCmd(30*time.Second, nil, postmap, "-c", p.configDir, "hash:"+filepath.Join(p.configDir, m)); err != nil {
 			os.RemoveAll(dir)
