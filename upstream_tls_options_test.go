@@ -3,15 +3,10 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,114 +14,12 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
+
+	"willi/internal/smtptest"
 )
 
 // The [[upstream]] TLS keys ca_file, server_name, cert_file/key_file and
 // min_version, against scripted upstreams (tlsRig).
-
-// testCA is a private certificate authority, as operators run for their
-// internal relays.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	File string // the CA certificate, PEM
-	dir  string
-	pool *x509.CertPool
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	ca := &testCA{cert: cert, key: key, dir: t.TempDir(), pool: x509.NewCertPool()}
-	ca.pool.AddCert(cert)
-	ca.File = filepath.Join(ca.dir, "ca.pem")
-	writePEM(t, ca.File, "CERTIFICATE", der)
-	return ca
-}
-
-var testCASerial struct {
-	sync.Mutex
-	n int64
-}
-
-// issue writes a certificate signed by the CA for cn and the DNS names or
-// addresses in names, usable by servers and clients, and returns the
-// certificate and key files.
-func (ca *testCA) issue(t *testing.T, cn string, names ...string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testCASerial.Lock()
-	testCASerial.n++
-	serial := testCASerial.n + 1
-	testCASerial.Unlock()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, n)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile = filepath.Join(ca.dir, fmt.Sprintf("%s-%d.crt", cn, serial))
-	keyFile = filepath.Join(ca.dir, fmt.Sprintf("%s-%d.key", cn, serial))
-	writePEM(t, certFile, "CERTIFICATE", der)
-	writePEM(t, keyFile, "PRIVATE KEY", keyDER)
-	return certFile, keyFile
-}
-
-// serverConfig is a TLS server configuration with a certificate from the CA.
-func (ca *testCA) serverConfig(t *testing.T, names ...string) *tls.Config {
-	t.Helper()
-	certFile, keyFile := ca.issue(t, names[0], names...)
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // tlsUpstreamOutcome is what a scripted upstream saw of willi's handshake.
 type tlsUpstreamOutcome struct {
@@ -197,12 +90,12 @@ func relayOutcome(t *testing.T, r *tlsRig) bool {
 // turns verification on; an upstream whose certificate another CA signed
 // gets nothing, in TLS or in plaintext, under opportunistic too.
 func TestUpstreamTLSCAFile(t *testing.T) {
-	ours := newTestCA(t, "Our Relay CA")
-	theirs := newTestCA(t, "Another CA")
+	ours := smtptest.NewCA(t, "Our Relay CA")
+	theirs := smtptest.NewCA(t, "Another CA")
 	for _, tc := range []struct {
 		name   string
 		policy string
-		signer *testCA
+		signer *smtptest.CA
 		ok     bool
 	}{
 		{"signed-by-ca_file", fmt.Sprintf("ca_file = %q", ours.File), ours, true},
@@ -213,9 +106,9 @@ func TestUpstreamTLSCAFile(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := ours.serverConfig(t, "other.test")
+			srv := ours.ServerConfig(t, "other.test")
 			if tc.signer != nil {
-				srv = tc.signer.serverConfig(t, "up.test")
+				srv = tc.signer.ServerConfig(t, "up.test")
 			}
 			var o tlsUpstreamOutcome
 			r := newTLSRig(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
@@ -240,7 +133,7 @@ func TestUpstreamTLSCAFile(t *testing.T) {
 // also when the route is an address; without it the route's host name is
 // sent and an address is verified against the certificate's IP SANs.
 func TestUpstreamTLSServerName(t *testing.T) {
-	ca := newTestCA(t, "Our Relay CA")
+	ca := smtptest.NewCA(t, "Our Relay CA")
 	for _, tc := range []struct {
 		name     string
 		server   string
@@ -262,7 +155,7 @@ func TestUpstreamTLSServerName(t *testing.T) {
 			var o tlsUpstreamOutcome
 			r := newTLSRig(t, rigOpts{server: tc.server,
 				policy: fmt.Sprintf("starttls = \"required\"\nclient_address = \"none\"\nca_file = %q\n%s", ca.File, tc.policy)},
-				o.handshakeScript(ca.serverConfig(t, tc.certFor...)))
+				o.handshakeScript(ca.ServerConfig(t, tc.certFor...)))
 			r.hello(false)
 			if got := relayOutcome(t, r); got != tc.ok {
 				t.Fatalf("relayed %v, want %v; upstream handshake errors %v", got, tc.ok, o.failures)
@@ -286,8 +179,8 @@ func TestUpstreamTLSServerName(t *testing.T) {
 // by certificate requires; without them that upstream's handshake fails and
 // the recipient gets a 4xx.
 func TestUpstreamTLSClientCertificate(t *testing.T) {
-	ca := newTestCA(t, "Our Relay CA")
-	clientCert, clientKey := ca.issue(t, "willi.relay.test")
+	ca := smtptest.NewCA(t, "Our Relay CA")
+	clientCert, clientKey := ca.Issue(t, "willi.relay.test")
 	for _, tc := range []struct {
 		name   string
 		policy string
@@ -298,9 +191,9 @@ func TestUpstreamTLSClientCertificate(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := ca.serverConfig(t, "up.test")
+			srv := ca.ServerConfig(t, "up.test")
 			srv.ClientAuth = tls.RequireAndVerifyClientCert
-			srv.ClientCAs = ca.pool
+			srv.ClientCAs = ca.Pool
 			var o tlsUpstreamOutcome
 			r := newTLSRig(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
 				o.handshakeScript(srv))
@@ -321,7 +214,7 @@ func TestUpstreamTLSClientCertificate(t *testing.T) {
 // speaks at most TLS 1.2 (4xx, nothing in plaintext); "1.2", the default,
 // accepts it.
 func TestUpstreamTLSMinVersion(t *testing.T) {
-	ca := newTestCA(t, "Our Relay CA")
+	ca := smtptest.NewCA(t, "Our Relay CA")
 	for _, tc := range []struct {
 		name      string
 		policy    string
@@ -336,7 +229,7 @@ func TestUpstreamTLSMinVersion(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := ca.serverConfig(t, "up.test")
+			srv := ca.ServerConfig(t, "up.test")
 			srv.MaxVersion = tc.serverMax
 			var o tlsUpstreamOutcome
 			r := newTLSRig(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
@@ -467,13 +360,13 @@ server_name = "bad name"
 // reports every problem: unreadable file, a file without a certificate, a
 // key that does not belong to the certificate.
 func TestCheckUpstreamTLSFiles(t *testing.T) {
-	ca := newTestCA(t, "CA")
+	ca := smtptest.NewCA(t, "CA")
 	dir := t.TempDir()
-	cert1, _ := ca.issue(t, "one")
-	_, key2 := ca.issue(t, "two")
+	cert1, _ := ca.Issue(t, "one")
+	_, key2 := ca.Issue(t, "two")
 	notPEM := filepath.Join(dir, "notpem.txt")
 	os.WriteFile(notPEM, []byte("hello\n"), 0o644)
-	good, goodKey := ca.issue(t, "good")
+	good, goodKey := ca.Issue(t, "good")
 	conf := fmt.Sprintf(`[[mapping]]
 type = "static"
 server = "10.0.0.1"
@@ -671,8 +564,8 @@ ca_file = "missing-ca.pem"
 // TestVerifyUpstreamPeer: what `willi probe` reports as verification uses
 // the policy's ca_file and server_name.
 func TestVerifyUpstreamPeer(t *testing.T) {
-	ca := newTestCA(t, "Relay CA")
-	certFile, _ := ca.issue(t, "relay.example.net", "relay.example.net")
+	ca := smtptest.NewCA(t, "Relay CA")
+	certFile, _ := ca.Issue(t, "relay.example.net", "relay.example.net")
 	pemData, _ := os.ReadFile(certFile)
 	block, _ := pem.Decode(pemData)
 	cert, err := x509.ParseCertificate(block.Bytes)
