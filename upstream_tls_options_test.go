@@ -86,6 +86,32 @@ func relayOutcome(t *testing.T, r *tlsRig) bool {
 	return false
 }
 
+// relayThroughTLS starts a rig whose upstream answers STARTTLS with srv,
+// has the client send one message and fails the test unless the message was
+// relayed exactly when ok. It returns the rig and what the upstream saw of
+// willi's handshakes.
+func relayThroughTLS(t *testing.T, opts rigOpts, srv *tls.Config, ok bool) (*tlsRig, *tlsUpstreamOutcome) {
+	t.Helper()
+	o := &tlsUpstreamOutcome{}
+	r := newTLSRig(t, opts, o.handshakeScript(srv))
+	r.hello(false)
+	if got := relayOutcome(t, r); got != ok {
+		t.Fatalf("relayed %v, want %v; upstream handshake errors %v", got, ok, o.failures)
+	}
+	return r, o
+}
+
+// wantPlaintextVerbs fails the test unless every upstream received exactly
+// the verbs want (space-separated) before TLS, if any.
+func wantPlaintextVerbs(t *testing.T, r *tlsRig, want string) {
+	t.Helper()
+	for _, u := range r.upstreams() {
+		if plain := strings.Join(u.verbs(false), " "); plain != want {
+			t.Errorf("upstream received %q in plaintext, want %q", plain, want)
+		}
+	}
+}
+
 // TestUpstreamTLSCAFile: ca_file replaces the system's trust anchors and
 // turns verification on; an upstream whose certificate another CA signed
 // gets nothing, in TLS or in plaintext, under opportunistic too.
@@ -110,18 +136,9 @@ func TestUpstreamTLSCAFile(t *testing.T) {
 			if tc.signer != nil {
 				srv = tc.signer.ServerConfig(t, "up.test")
 			}
-			var o tlsUpstreamOutcome
-			r := newTLSRig(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
-				o.handshakeScript(srv))
-			r.hello(false)
-			if got := relayOutcome(t, r); got != tc.ok {
-				t.Fatalf("relayed %v, want %v; upstream handshake errors %v", got, tc.ok, o.failures)
-			}
-			for _, u := range r.upstreams() {
-				if plain := strings.Join(u.verbs(false), " "); plain != "EHLO STARTTLS" {
-					t.Errorf("upstream received %q in plaintext", plain)
-				}
-			}
+			r, _ := relayThroughTLS(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
+				srv, tc.ok)
+			wantPlaintextVerbs(t, r, "EHLO STARTTLS")
 			if !tc.ok && !strings.Contains(r.log.String(), "certificate") {
 				t.Errorf("log does not say why the handshake failed")
 			}
@@ -152,14 +169,9 @@ func TestUpstreamTLSServerName(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			var o tlsUpstreamOutcome
-			r := newTLSRig(t, rigOpts{server: tc.server,
+			_, o := relayThroughTLS(t, rigOpts{server: tc.server,
 				policy: fmt.Sprintf("starttls = \"required\"\nclient_address = \"none\"\nca_file = %q\n%s", ca.File, tc.policy)},
-				o.handshakeScript(ca.ServerConfig(t, tc.certFor...)))
-			r.hello(false)
-			if got := relayOutcome(t, r); got != tc.ok {
-				t.Fatalf("relayed %v, want %v; upstream handshake errors %v", got, tc.ok, o.failures)
-			}
+				ca.ServerConfig(t, tc.certFor...), tc.ok)
 			o.mu.Lock()
 			defer o.mu.Unlock()
 			if len(o.sni) == 0 {
@@ -194,13 +206,8 @@ func TestUpstreamTLSClientCertificate(t *testing.T) {
 			srv := ca.ServerConfig(t, "up.test")
 			srv.ClientAuth = tls.RequireAndVerifyClientCert
 			srv.ClientCAs = ca.Pool
-			var o tlsUpstreamOutcome
-			r := newTLSRig(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
-				o.handshakeScript(srv))
-			r.hello(false)
-			if got := relayOutcome(t, r); got != tc.ok {
-				t.Fatalf("relayed %v, want %v; upstream handshake errors %v", got, tc.ok, o.failures)
-			}
+			_, o := relayThroughTLS(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
+				srv, tc.ok)
 			o.mu.Lock()
 			defer o.mu.Unlock()
 			if tc.ok && (len(o.peerCerts) != 1 || o.peerCerts[0] != "willi.relay.test") {
@@ -231,18 +238,9 @@ func TestUpstreamTLSMinVersion(t *testing.T) {
 			t.Parallel()
 			srv := ca.ServerConfig(t, "up.test")
 			srv.MaxVersion = tc.serverMax
-			var o tlsUpstreamOutcome
-			r := newTLSRig(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
-				o.handshakeScript(srv))
-			r.hello(false)
-			if got := relayOutcome(t, r); got != tc.ok {
-				t.Fatalf("relayed %v, want %v; upstream handshake errors %v", got, tc.ok, o.failures)
-			}
-			for _, u := range r.upstreams() {
-				if plain := strings.Join(u.verbs(false), " "); plain != "EHLO STARTTLS" {
-					t.Errorf("upstream received %q in plaintext", plain)
-				}
-			}
+			r, o := relayThroughTLS(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
+				srv, tc.ok)
+			wantPlaintextVerbs(t, r, "EHLO STARTTLS")
 			o.mu.Lock()
 			defer o.mu.Unlock()
 			if tc.ok && (len(o.versions) != 1 || o.versions[0] != tc.want) {
@@ -267,11 +265,7 @@ func TestUpstreamTLSConfigUnusable(t *testing.T) {
 	if relayOutcome(t, r) {
 		t.Fatal("relayed without the configured ca_file")
 	}
-	for _, u := range r.upstreams() {
-		if plain := strings.Join(u.verbs(false), " "); plain != "EHLO" {
-			t.Errorf("upstream received %q in plaintext, want EHLO only", plain)
-		}
-	}
+	wantPlaintextVerbs(t, r, "EHLO")
 	if !strings.Contains(r.log.String(), "upstream TLS configuration unusable") {
 		t.Errorf("log does not name the configuration problem")
 	}
