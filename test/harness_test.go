@@ -699,42 +699,43 @@ type postfixInstance struct {
 	seen map[string]bool
 }
 
-// postfixInstanceDir returns the postfix account's ids and a new folder
-// for a private instance, with its etc, queue, data and mail folders (data
-// and mail owned by postfix): a short path under /tmp, because Postfix checks
-// the ownership and modes of the queue directory's parents and its daemons
-// run unprivileged.
-func postfixInstanceDir(t testing.TB, prefix string) (uid, gid int, dir string) {
+// postfixInstanceDir lays out a private instance in a new folder with
+// test/postfix-instance.sh, which bench/tls-setup.sh runs too (its folders,
+// the main.cf settings every instance shares, master.cf with the listener
+// lines given), and returns the folder: a short path under /tmp, because
+// Postfix checks the ownership and modes of the queue directory's parents
+// and its daemons run unprivileged. The caller adds its role's settings
+// with appendMainCf.
+func postfixInstanceDir(t testing.TB, prefix string, listeners ...string) string {
 	t.Helper()
-	pfUser, err := user.Lookup("postfix")
-	if err != nil {
+	if _, err := user.Lookup("postfix"); err != nil {
 		t.Fatalf("no postfix user: %v; %s", err, peerInstallHint)
 	}
-	uid, _ = strconv.Atoi(pfUser.Uid)
-	gid, _ = strconv.Atoi(pfUser.Gid)
-	if dir, err = os.MkdirTemp("/tmp", prefix); err != nil {
+	needProgram(t, "postconf")
+	dir, err := os.MkdirTemp("/tmp", prefix)
+	if err != nil {
 		t.Fatal(err)
 	}
-	os.Chmod(dir, 0o755)
-	for _, d := range []string{"etc", "queue", "data", "mail"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
+	args := append([]string{"test/postfix-instance.sh", dir}, listeners...)
+	if _, err := runCmd(30*time.Second, nil, "sh", args...); err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
 	}
-	os.Chown(filepath.Join(dir, "data"), uid, gid)
-	os.Chown(filepath.Join(dir, "mail"), uid, gid)
-	return uid, gid, dir
+	return dir
 }
 
-// writePostfixMasterCf writes configDir/master.cf for a private instance
-// with test/postfix-master-cf.sh, which bench/tls-setup.sh runs too: the
-// postfix package's services without chroot and without the system's smtpd,
-// plus the listener lines given. configDir/main.cf must exist already.
-func writePostfixMasterCf(t testing.TB, configDir string, listeners ...string) {
+// appendMainCf adds settings (main.cf lines) to a private instance's
+// main.cf.
+func appendMainCf(t testing.TB, configDir, settings string) {
 	t.Helper()
-	needProgram(t, "postconf")
-	args := append([]string{"test/postfix-master-cf.sh", configDir}, listeners...)
-	if _, err := runCmd(30*time.Second, nil, "sh", args...); err != nil {
+	f, err := os.OpenFile(filepath.Join(configDir, "main.cf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(settings); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -749,15 +750,19 @@ func startPostfix(t testing.TB, opts postfixOpts) *postfixInstance {
 	postfixCmd := needProgram(t, "postfix")
 	postmap := needProgram(t, "postmap")
 	needProgram(t, "smtpd") // in /usr/lib/postfix/sbin
-	uid, gid, dir := postfixInstanceDir(t, "willi-pf-")
 	p := &postfixInstance{
-		Dir:       dir,
-		ConfigDir: filepath.Join(dir, "etc"),
-		Addr:      fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		Domain:    "example.org",
-		Hostname:  "upstream.test",
-		seen:      map[string]bool{},
+		Addr:     fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		Domain:   "example.org",
+		Hostname: "upstream.test",
+		seen:     map[string]bool{},
 	}
+	listeners := []string{p.Addr + " inet n - n - - smtpd"}
+	if opts.ProxyListener {
+		p.ProxyAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		listeners = append(listeners, p.ProxyAddr+" inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy")
+	}
+	dir := postfixInstanceDir(t, "willi-pf-", listeners...)
+	p.Dir, p.ConfigDir = dir, filepath.Join(dir, "etc")
 	users := opts.Users
 	if len(users) == 0 {
 		users = []string{"alice", "bob", "carol"}
@@ -771,38 +776,16 @@ func startPostfix(t testing.TB, opts postfixOpts) *postfixInstance {
 		t.Fatal(err)
 	}
 
-	mainCf := fmt.Sprintf(`# Private Postfix instance for willi's tests.
-compatibility_level = 3.6
-queue_directory = %[1]s/queue
-data_directory = %[1]s/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = %[2]s
+	mainCf := fmt.Sprintf(`# The upstream.
+myhostname = %[1]s
 mydomain = test
 myorigin = $myhostname
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
-mynetworks = 127.0.0.0/8
 relayhost =
-alias_maps =
-alias_database =
-local_recipient_maps =
-maillog_file = %[1]s/maillog
-maillog_file_prefixes = %[1]s
-smtp_dns_support_level = disabled
-smtpd_peername_lookup = no
 smtpd_banner = $myhostname ESMTP upstream
-biff = no
-message_size_limit = 0
-virtual_mailbox_limit = 0
-virtual_mailbox_domains = %[3]s
-virtual_mailbox_base = %[1]s/mail
-virtual_mailbox_maps = hash:%[4]s
-virtual_uid_maps = static:%[5]d
-virtual_gid_maps = static:%[6]d
+virtual_mailbox_domains = %[2]s
+virtual_mailbox_maps = hash:%[3]s
 smtpd_reject_unlisted_recipient = yes
-`, dir, p.Hostname, p.Domain, vmbPath, uid, gid)
+`, p.Hostname, p.Domain, vmbPath)
 	if opts.XClient {
 		mainCf += "smtpd_authorized_xclient_hosts = 127.0.0.1\n"
 	}
@@ -813,15 +796,7 @@ smtpd_reject_unlisted_recipient = yes
 			"smtpd_tls_security_level = may\nsmtpd_tls_received_header = yes\n"+
 			"smtpd_tls_loglevel = 1\n", cert, key)
 	}
-	listeners := []string{p.Addr + " inet n - n - - smtpd"}
-	if opts.ProxyListener {
-		p.ProxyAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		listeners = append(listeners, p.ProxyAddr+" inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy")
-	}
-	if err := os.WriteFile(filepath.Join(p.ConfigDir, "main.cf"), []byte(mainCf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	writePostfixMasterCf(t, p.ConfigDir, listeners...)
+	appendMainCf(t, p.ConfigDir, mainCf)
 	if _, err := runCmd(30*time.Second, nil, postmap, "-c", p.ConfigDir, "hash:"+vmbPath); err != nil {
 		os.RemoveAll(dir)
 		t.Fatal(err)
