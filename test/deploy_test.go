@@ -679,7 +679,7 @@ func TestDeployXinetd(t *testing.T) {
 	xinetd := needProgram(t, "xinetd")
 	sink, dump := startSMTPSink(t)
 	bin, conf := deployRoutedConfig(t, sink)
-	port := freePort(t)
+	port := smtptest.FreePort(t)
 	xconf := deployXinetdConf(t, bin, conf, port)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 
@@ -732,7 +732,7 @@ func TestDeployTCPServer(t *testing.T) {
 	needProgram(t, "tcpserver")
 	sink, dump := startSMTPSink(t)
 	bin, conf := deployRoutedConfig(t, sink)
-	port := freePort(t)
+	port := smtptest.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 
 	logPath := filepath.Join(filepath.Dir(conf), "run.log")
@@ -760,7 +760,7 @@ func TestDeployDemo(t *testing.T) {
 	// that the work tree is left alone.
 	dir := t.TempDir()
 	deployMustRun(t, time.Minute, nil, "sh", "-c", `tar -cf - --exclude=./willi --exclude=./dist --exclude=./.git . | tar -xf - -C "$0"`, dir)
-	env := []string{fmt.Sprintf("DEMO_LISTEN=127.0.0.1:%d", freePort(t)), fmt.Sprintf("DEMO_SINK_PORT=%d", freePort(t))}
+	env := []string{fmt.Sprintf("DEMO_LISTEN=127.0.0.1:%d", smtptest.FreePort(t)), fmt.Sprintf("DEMO_SINK_PORT=%d", smtptest.FreePort(t))}
 	out, err := deployRun(t, 5*time.Minute, env, "bash", filepath.Join(dir, "demo.sh"))
 	if err != nil || !strings.Contains(out, "done: the message went") || !strings.Contains(out, "Routed by willi.") {
 		t.Fatalf("demo.sh: %v\n%s", err, out)

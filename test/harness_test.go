@@ -114,22 +114,11 @@ func removeStaleBuildDirs() {
 // ---------------------------------------------------------------------------
 // Small utilities
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("freePort: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // deadPort returns a loopback port on which nothing listens (connections are
 // refused), for failover tests.
 func deadPort(t testing.TB) int {
 	t.Helper()
-	return freePort(t)
+	return smtptest.FreePort(t)
 }
 
 // runCmd runs a command with a timeout and returns its combined output.
@@ -351,7 +340,7 @@ func startWilliSocketActivate(t testing.TB, bin, cfgPath string, inetd bool) (ad
 func startWilliActivated(t testing.TB, bin, cfgPath string, o williLaunchOpts) *williListener {
 	t.Helper()
 	sa := needProgram(t, "systemd-socket-activate")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	args := []string{"--accept", "-l", addr}
 	if o.Inetd {
 		args = append(args, "--inetd")
@@ -368,7 +357,7 @@ func startWilliActivated(t testing.TB, bin, cfgPath string, o williLaunchOpts) *
 func startWilliTCPServer(t testing.TB, bin, cfgPath string) *williListener {
 	t.Helper()
 	ts := needProgram(t, "tcpserver")
-	port := freePort(t)
+	port := smtptest.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	args := []string{"-q", "-R", "-H", "-l", "willi.test", "127.0.0.1", strconv.Itoa(port),
 		bin, "-config", cfgPath}
@@ -550,7 +539,7 @@ func startSMTPSink(t testing.TB, extraArgs ...string) (addr string, dumpDir stri
 	needRoot(t)
 	sink := needProgram(t, "smtp-sink")
 	dumpDir = t.TempDir()
-	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr = fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	args := append([]string{"-u", "root", "-h", "sink.test", "-d", dumpDir + "/msg."}, extraArgs...)
 	args = append(args, addr, "100")
 	startListener(t, exec.Command(sink, args...), "smtp-sink", filepath.Join(t.TempDir(), "smtp-sink.log"), addr, nil)
@@ -751,14 +740,14 @@ func startPostfix(t testing.TB, opts postfixOpts) *postfixInstance {
 	postmap := needProgram(t, "postmap")
 	needProgram(t, "smtpd") // in /usr/lib/postfix/sbin
 	p := &postfixInstance{
-		Addr:     fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		Addr:     fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t)),
 		Domain:   "example.org",
 		Hostname: "upstream.test",
 		seen:     map[string]bool{},
 	}
 	listeners := []string{p.Addr + " inet n - n - - smtpd"}
 	if opts.ProxyListener {
-		p.ProxyAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		p.ProxyAddr = fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 		listeners = append(listeners, p.ProxyAddr+" inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy")
 	}
 	dir := postfixInstanceDir(t, "willi-pf-", listeners...)
@@ -1068,7 +1057,7 @@ func pySMTP(t testing.TB, o pyOpts) pyResult {
 // "send-proxy-v2" or "send-proxy"). It returns the frontend address.
 func startHAProxy(t testing.TB, backend string, serverOpts ...string) (addr string) {
 	t.Helper()
-	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr = fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	cfg := fmt.Sprintf(`global
     log stderr format raw local0 info
     maxconn 200

@@ -7,6 +7,7 @@ package test
 // database host killed mid-run does not take the routing table with it.
 
 import (
+	"willi/internal/smtptest"
 	"willi/test/mariadb"
 
 	"context"
@@ -79,7 +80,7 @@ func startGaleraCluster(t testing.TB, n int) []*mariadb.DB {
 		if err != nil {
 			t.Fatal(err)
 		}
-		port, gport, iport, sport := freePort(t), freePort(t), freePort(t), freePort(t)
+		port, gport, iport, sport := smtptest.FreePort(t), smtptest.FreePort(t), smtptest.FreePort(t), smtptest.FreePort(t)
 		name := fmt.Sprintf("db%d", i+1)
 		cmd := exec.Command("sh", "-c", galeraWatchdog, "sh", dir, fmt.Sprint(port), fmt.Sprint(gport),
 			fmt.Sprint(iport), fmt.Sprint(sport), strings.Join(gcomm, ","), name)
@@ -231,11 +232,11 @@ func TestPeerScaleOutGalera(t *testing.T) {
 	}
 	query := "SELECT server FROM " + table + " WHERE pattern = ?"
 
-	dbFront := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dbFront := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	startHAProxyConfig(t, galeraHAProxyConfig(t, dbFront, nodes), dbFront)
 	dsn := (&mariadb.DB{Addr: dbFront}).DSN("timeout=5s&readTimeout=10s")
 	hosts, addrs := soWilliHosts(t, bin, dsn, query)
-	front := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	front := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	hcfg, _ := soReadmeHAProxyConfig(t, front, addrs[0], addrs[1])
 	startHAProxyConfig(t, hcfg, front)
 

@@ -15,6 +15,7 @@ package test
 //     README's "Scaling out" configuration, both reading one MariaDB table.
 
 import (
+	"willi/internal/smtptest"
 	"willi/test/mariadb"
 
 	"fmt"
@@ -493,7 +494,7 @@ func TestPeerScaleOut(t *testing.T) {
 
 	for _, variant := range []string{"readme", "roundrobin"} {
 		t.Run(variant, func(t *testing.T) {
-			front := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			front := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 			hcfg, _ := soReadmeHAProxyConfig(t, front, addrs[0], addrs[1])
 			if variant == "roundrobin" {
 				hcfg = strings.Replace(hcfg, "balance leastconn", "balance roundrobin", 1)
@@ -568,7 +569,7 @@ func TestPeerScaleOut(t *testing.T) {
 	}
 
 	t.Run("table_change_applies_to_every_host", func(t *testing.T) {
-		front := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		front := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 		hcfg, _ := soReadmeHAProxyConfig(t, front, addrs[0], addrs[1])
 		startHAProxyConfig(t, hcfg, front)
 		root := pmRoot(t, db)

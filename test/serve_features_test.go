@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // TestServeSessionsRunAsUser: started as root with -user nobody, every
@@ -114,7 +116,7 @@ func TestServeSystemdSocket(t *testing.T) {
 	bin := buildWilli(t)
 	sink, _ := startSMTPSink(t)
 	conf := serveRoutedConfig(t, sink)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	logPath := filepath.Join(t.TempDir(), "serve.log")
 	lf, err := os.Create(logPath)
 	if err != nil {

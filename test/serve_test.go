@@ -36,7 +36,7 @@ type serveProc struct {
 func startServe(t testing.TB, conf string, extra ...string) *serveProc {
 	t.Helper()
 	bin := buildWilli(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	p := &serveProc{Addr: addr, LogPath: filepath.Join(t.TempDir(), "serve.log"), done: make(chan struct{})}
 	lf, err := os.Create(p.LogPath)
 	if err != nil {

@@ -2,7 +2,6 @@ package smtptest
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -166,16 +165,4 @@ func (c *Client) Data(raw []byte) Reply {
 		c.t.Fatalf("reply to end of data: %v (%q)", err, rep.Lines)
 	}
 	return rep
-}
-
-// DotStuff turns a message of CRLF lines into its DATA transmission form.
-func DotStuff(msg []byte) []byte {
-	var b bytes.Buffer
-	for _, line := range bytes.SplitAfter(msg, []byte("\r\n")) {
-		if len(line) > 0 && line[0] == '.' {
-			b.WriteByte('.')
-		}
-		b.Write(line)
-	}
-	return b.Bytes()
 }
