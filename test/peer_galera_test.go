@@ -23,11 +23,11 @@ import (
 
 const galeraProvider = "/usr/lib/galera/libgalera_smm.so"
 
-// galeraWatchdog runs one Galera node and, like the mariadb package's watchdog, kills it
-// (SIGKILL: a host that dies) and removes its folder when its stdin closes.
-// The first node bootstraps the cluster from a fresh data directory; the
-// others start empty and get their state by rsync SST, whose daemon runs
-// as nobody.
+// galeraWatchdog runs one Galera node and, like the mariadb package's
+// watchdog (mariadb.WatchdogEnd), kills it and removes its folder when its
+// stdin closes. The first node bootstraps the cluster from a fresh data
+// directory; the others start empty and get their state by rsync SST, whose
+// daemon runs as nobody.
 const galeraWatchdog = `
 set -e
 dir=$1 port=$2 gport=$3 iport=$4 sport=$5 peers=$6 name=$7
@@ -51,12 +51,7 @@ mariadbd --no-defaults --datadir="$dir/data" --user=root --skip-name-resolve \
 	--wsrep-provider-options="gmcast.listen_addr=tcp://127.0.0.1:$gport;ist.recv_addr=127.0.0.1:$iport;gcache.size=8M" \
 	--wsrep-sst-method=rsync --wsrep-sst-receive-address="127.0.0.1:$sport" \
 	2>>"$dir/error.log" &
-pid=$!
-cat >/dev/null || true  # until the test process closes our stdin (or exits)
-kill -9 $pid 2>/dev/null || true
-wait $pid 2>/dev/null || true
-rm -rf "$dir"
-`
+` + mariadb.WatchdogEnd
 
 // startGaleraCluster starts n Galera nodes, one after the other, each
 // joining the ones before, and waits until each is Synced. The first node
