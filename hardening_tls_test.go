@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // Class 2: STARTTLS injection, client side and upstream side, with real
@@ -26,7 +28,7 @@ var hTLSEhlo = hEhloReply(52428800, true)
 // the [tls] table naming it and a server config with it.
 func hCert(t *testing.T) (table string, conf *tls.Config) {
 	t.Helper()
-	certFile, keyFile := genCert(t, t.TempDir(), "mx.test")
+	certFile, keyFile := smtptest.GenCert(t, t.TempDir(), "mx.test")
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)

@@ -67,6 +67,26 @@ func fzSocketPair(t testing.TB) (*net.UnixConn, *net.UnixConn) {
 	return conns[0], conns[1]
 }
 
+// fzServe serves a session with cfg on srv in a goroutine, as for a client
+// at 192.0.2.1:4321 named client.example.org on 192.0.2.10:25, its upstream
+// connections made by dial. It returns the session's debug log and a
+// channel closed when the session ends.
+func fzServe(cfg *Config, srv net.Conn, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (*syncBuffer, chan struct{}) {
+	logBuf := &syncBuffer{}
+	log := slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	s := newSession(cfg, srv, log)
+	s.clientIP, s.clientPort = net.ParseIP("192.0.2.1").To4(), 4321
+	s.localAddr = &net.TCPAddr{IP: net.ParseIP("192.0.2.10").To4(), Port: 25}
+	s.dial = dial
+	s.lookupName = func(context.Context, net.IP) string { return "client.example.org" }
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.serve()
+	}()
+	return logBuf, done
+}
+
 func startFzSession(t testing.TB, o fzOptions) *fzSession {
 	t.Helper()
 	conf := `hostname = "mx.test"
@@ -85,18 +105,8 @@ server = "up1.test:25"
 	}
 	srv, cli := fzSocketPair(t)
 	ups := &fzUpstreams{xclient: o.xclient}
-	logBuf := &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	s := newSession(cfg, srv, log)
-	s.clientIP, s.clientPort = net.ParseIP("192.0.2.1").To4(), 4321
-	s.localAddr = &net.TCPAddr{IP: net.ParseIP("192.0.2.10").To4(), Port: 25}
-	s.dial = ups.dial
-	s.lookupName = func(context.Context, net.IP) string { return "client.example.org" }
-	fs := &fzSession{t: t, client: cli, br: bufio.NewReaderSize(cli, 1024), done: make(chan struct{}), log: logBuf, up: ups}
-	go func() {
-		defer close(fs.done)
-		s.serve()
-	}()
+	logBuf, done := fzServe(cfg, srv, ups.dial)
+	fs := &fzSession{t: t, client: cli, br: bufio.NewReaderSize(cli, 1024), done: done, log: logBuf, up: ups}
 	t.Cleanup(func() {
 		cli.Close()
 		select {

@@ -2,10 +2,8 @@ package main
 
 import (
 	"bufio"
-	"context"
 	"crypto/tls"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // Running one session of TestTransactionInvariant: willi in-process on a
@@ -29,7 +29,7 @@ type ivEnv struct {
 func newIVEnv(t testing.TB) *ivEnv {
 	t.Helper()
 	dir := t.TempDir()
-	certFile, keyFile := genCert(t, dir, "mx.test")
+	certFile, keyFile := smtptest.GenCert(t, dir, "mx.test")
 	routes := "pattern,server\n" + ivDomain1 + "," + ivUpstream1 + "\n" + ivDomain2 + "," + ivUpstream2 + "\n"
 	if err := os.WriteFile(filepath.Join(dir, "routes.csv"), []byte(routes), 0o644); err != nil {
 		t.Fatal(err)
@@ -107,18 +107,7 @@ func ivRun(t testing.TB, env *ivEnv, sc *ivScript) *ivResult {
 	srv, cli := fzSocketPair(t)
 	ups := &ivUpstreams{t: t, faults: sc.faults, xclient: sc.xclient, plain: sc.plain, seq: new(atomic.Int64)}
 	res.ups = ups
-	logBuf := &syncBuffer{}
-	log := slog.New(slog.NewTextHandler(logBuf, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	s := newSession(cfg, srv, log)
-	s.clientIP, s.clientPort = net.ParseIP("192.0.2.1").To4(), 4321
-	s.localAddr = &net.TCPAddr{IP: net.ParseIP("192.0.2.10").To4(), Port: 25}
-	s.dial = ups.dial
-	s.lookupName = func(context.Context, net.IP) string { return "client.example.org" }
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		s.serve()
-	}()
+	logBuf, done := fzServe(cfg, srv, ups.dial)
 
 	c := &ivClient{res: res, conn: cli, br: bufio.NewReaderSize(cli, 4096)}
 	if b, ok := c.read(); !ok || !strings.HasPrefix(b, "220 ") {

@@ -3,15 +3,10 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,114 +14,12 @@ import (
 	"sync"
 	"syscall"
 	"testing"
-	"time"
+
+	"willi/internal/smtptest"
 )
 
 // The [[upstream]] TLS keys ca_file, server_name, cert_file/key_file and
 // min_version, against scripted upstreams (tlsRig).
-
-// testCA is a private certificate authority, as operators run for their
-// internal relays.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	File string // the CA certificate, PEM
-	dir  string
-	pool *x509.CertPool
-}
-
-func newTestCA(t *testing.T, name string) *testCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	ca := &testCA{cert: cert, key: key, dir: t.TempDir(), pool: x509.NewCertPool()}
-	ca.pool.AddCert(cert)
-	ca.File = filepath.Join(ca.dir, "ca.pem")
-	writePEM(t, ca.File, "CERTIFICATE", der)
-	return ca
-}
-
-var testCASerial struct {
-	sync.Mutex
-	n int64
-}
-
-// issue writes a certificate signed by the CA for cn and the DNS names or
-// addresses in names, usable by servers and clients, and returns the
-// certificate and key files.
-func (ca *testCA) issue(t *testing.T, cn string, names ...string) (certFile, keyFile string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	testCASerial.Lock()
-	testCASerial.n++
-	serial := testCASerial.n + 1
-	testCASerial.Unlock()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, n)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile = filepath.Join(ca.dir, fmt.Sprintf("%s-%d.crt", cn, serial))
-	keyFile = filepath.Join(ca.dir, fmt.Sprintf("%s-%d.key", cn, serial))
-	writePEM(t, certFile, "CERTIFICATE", der)
-	writePEM(t, keyFile, "PRIVATE KEY", keyDER)
-	return certFile, keyFile
-}
-
-// serverConfig is a TLS server configuration with a certificate from the CA.
-func (ca *testCA) serverConfig(t *testing.T, names ...string) *tls.Config {
-	t.Helper()
-	certFile, keyFile := ca.issue(t, names[0], names...)
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // tlsUpstreamOutcome is what a scripted upstream saw of willi's handshake.
 type tlsUpstreamOutcome struct {
@@ -177,10 +70,10 @@ func (o *tlsUpstreamOutcome) handshakeScript(conf *tls.Config) func(u *fakeUpstr
 func relayOutcome(t *testing.T, r *tlsRig) bool {
 	t.Helper()
 	r.want("MAIL FROM:<a@example.org>", "250 ")
-	rep := r.c.cmd("RCPT TO:<b@example.net>")
+	rep := r.c.Cmd("RCPT TO:<b@example.net>")
 	switch {
 	case rep.Code == 250:
-		if d := r.c.data([]byte("Subject: t\r\n\r\nhello\r\n")); d.Code != 250 {
+		if d := r.c.Data([]byte("Subject: t\r\n\r\nhello\r\n")); d.Code != 250 {
 			t.Fatalf("end of data: %q", d.Lines)
 		}
 		r.end()
@@ -193,16 +86,42 @@ func relayOutcome(t *testing.T, r *tlsRig) bool {
 	return false
 }
 
+// relayThroughTLS starts a rig whose upstream answers STARTTLS with srv,
+// has the client send one message and fails the test unless the message was
+// relayed exactly when ok. It returns the rig and what the upstream saw of
+// willi's handshakes.
+func relayThroughTLS(t *testing.T, opts rigOpts, srv *tls.Config, ok bool) (*tlsRig, *tlsUpstreamOutcome) {
+	t.Helper()
+	o := &tlsUpstreamOutcome{}
+	r := newTLSRig(t, opts, o.handshakeScript(srv))
+	r.hello(false)
+	if got := relayOutcome(t, r); got != ok {
+		t.Fatalf("relayed %v, want %v; upstream handshake errors %v", got, ok, o.failures)
+	}
+	return r, o
+}
+
+// wantPlaintextVerbs fails the test unless every upstream received exactly
+// the verbs want (space-separated) before TLS, if any.
+func wantPlaintextVerbs(t *testing.T, r *tlsRig, want string) {
+	t.Helper()
+	for _, u := range r.upstreams() {
+		if plain := strings.Join(u.verbs(false), " "); plain != want {
+			t.Errorf("upstream received %q in plaintext, want %q", plain, want)
+		}
+	}
+}
+
 // TestUpstreamTLSCAFile: ca_file replaces the system's trust anchors and
 // turns verification on; an upstream whose certificate another CA signed
 // gets nothing, in TLS or in plaintext, under opportunistic too.
 func TestUpstreamTLSCAFile(t *testing.T) {
-	ours := newTestCA(t, "Our Relay CA")
-	theirs := newTestCA(t, "Another CA")
+	ours := smtptest.NewCA(t, "Our Relay CA")
+	theirs := smtptest.NewCA(t, "Another CA")
 	for _, tc := range []struct {
 		name   string
 		policy string
-		signer *testCA
+		signer *smtptest.CA
 		ok     bool
 	}{
 		{"signed-by-ca_file", fmt.Sprintf("ca_file = %q", ours.File), ours, true},
@@ -213,22 +132,13 @@ func TestUpstreamTLSCAFile(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := ours.serverConfig(t, "other.test")
+			srv := ours.ServerConfig(t, "other.test")
 			if tc.signer != nil {
-				srv = tc.signer.serverConfig(t, "up.test")
+				srv = tc.signer.ServerConfig(t, "up.test")
 			}
-			var o tlsUpstreamOutcome
-			r := newTLSRig(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
-				o.handshakeScript(srv))
-			r.hello(false)
-			if got := relayOutcome(t, r); got != tc.ok {
-				t.Fatalf("relayed %v, want %v; upstream handshake errors %v", got, tc.ok, o.failures)
-			}
-			for _, u := range r.upstreams() {
-				if plain := strings.Join(u.verbs(false), " "); plain != "EHLO STARTTLS" {
-					t.Errorf("upstream received %q in plaintext", plain)
-				}
-			}
+			r, _ := relayThroughTLS(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
+				srv, tc.ok)
+			wantPlaintextVerbs(t, r, "EHLO STARTTLS")
 			if !tc.ok && !strings.Contains(r.log.String(), "certificate") {
 				t.Errorf("log does not say why the handshake failed")
 			}
@@ -240,7 +150,7 @@ func TestUpstreamTLSCAFile(t *testing.T) {
 // also when the route is an address; without it the route's host name is
 // sent and an address is verified against the certificate's IP SANs.
 func TestUpstreamTLSServerName(t *testing.T) {
-	ca := newTestCA(t, "Our Relay CA")
+	ca := smtptest.NewCA(t, "Our Relay CA")
 	for _, tc := range []struct {
 		name     string
 		server   string
@@ -259,14 +169,9 @@ func TestUpstreamTLSServerName(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			var o tlsUpstreamOutcome
-			r := newTLSRig(t, rigOpts{server: tc.server,
+			_, o := relayThroughTLS(t, rigOpts{server: tc.server,
 				policy: fmt.Sprintf("starttls = \"required\"\nclient_address = \"none\"\nca_file = %q\n%s", ca.File, tc.policy)},
-				o.handshakeScript(ca.serverConfig(t, tc.certFor...)))
-			r.hello(false)
-			if got := relayOutcome(t, r); got != tc.ok {
-				t.Fatalf("relayed %v, want %v; upstream handshake errors %v", got, tc.ok, o.failures)
-			}
+				ca.ServerConfig(t, tc.certFor...), tc.ok)
 			o.mu.Lock()
 			defer o.mu.Unlock()
 			if len(o.sni) == 0 {
@@ -286,8 +191,8 @@ func TestUpstreamTLSServerName(t *testing.T) {
 // by certificate requires; without them that upstream's handshake fails and
 // the recipient gets a 4xx.
 func TestUpstreamTLSClientCertificate(t *testing.T) {
-	ca := newTestCA(t, "Our Relay CA")
-	clientCert, clientKey := ca.issue(t, "willi.relay.test")
+	ca := smtptest.NewCA(t, "Our Relay CA")
+	clientCert, clientKey := ca.Issue(t, "willi.relay.test")
 	for _, tc := range []struct {
 		name   string
 		policy string
@@ -298,16 +203,11 @@ func TestUpstreamTLSClientCertificate(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := ca.serverConfig(t, "up.test")
+			srv := ca.ServerConfig(t, "up.test")
 			srv.ClientAuth = tls.RequireAndVerifyClientCert
-			srv.ClientCAs = ca.pool
-			var o tlsUpstreamOutcome
-			r := newTLSRig(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
-				o.handshakeScript(srv))
-			r.hello(false)
-			if got := relayOutcome(t, r); got != tc.ok {
-				t.Fatalf("relayed %v, want %v; upstream handshake errors %v", got, tc.ok, o.failures)
-			}
+			srv.ClientCAs = ca.Pool
+			_, o := relayThroughTLS(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
+				srv, tc.ok)
 			o.mu.Lock()
 			defer o.mu.Unlock()
 			if tc.ok && (len(o.peerCerts) != 1 || o.peerCerts[0] != "willi.relay.test") {
@@ -321,7 +221,7 @@ func TestUpstreamTLSClientCertificate(t *testing.T) {
 // speaks at most TLS 1.2 (4xx, nothing in plaintext); "1.2", the default,
 // accepts it.
 func TestUpstreamTLSMinVersion(t *testing.T) {
-	ca := newTestCA(t, "Our Relay CA")
+	ca := smtptest.NewCA(t, "Our Relay CA")
 	for _, tc := range []struct {
 		name      string
 		policy    string
@@ -336,20 +236,11 @@ func TestUpstreamTLSMinVersion(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			srv := ca.serverConfig(t, "up.test")
+			srv := ca.ServerConfig(t, "up.test")
 			srv.MaxVersion = tc.serverMax
-			var o tlsUpstreamOutcome
-			r := newTLSRig(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
-				o.handshakeScript(srv))
-			r.hello(false)
-			if got := relayOutcome(t, r); got != tc.ok {
-				t.Fatalf("relayed %v, want %v; upstream handshake errors %v", got, tc.ok, o.failures)
-			}
-			for _, u := range r.upstreams() {
-				if plain := strings.Join(u.verbs(false), " "); plain != "EHLO STARTTLS" {
-					t.Errorf("upstream received %q in plaintext", plain)
-				}
-			}
+			r, o := relayThroughTLS(t, rigOpts{policy: "starttls = \"opportunistic\"\nclient_address = \"none\"\n" + tc.policy},
+				srv, tc.ok)
+			wantPlaintextVerbs(t, r, "EHLO STARTTLS")
 			o.mu.Lock()
 			defer o.mu.Unlock()
 			if tc.ok && (len(o.versions) != 1 || o.versions[0] != tc.want) {
@@ -374,11 +265,7 @@ func TestUpstreamTLSConfigUnusable(t *testing.T) {
 	if relayOutcome(t, r) {
 		t.Fatal("relayed without the configured ca_file")
 	}
-	for _, u := range r.upstreams() {
-		if plain := strings.Join(u.verbs(false), " "); plain != "EHLO" {
-			t.Errorf("upstream received %q in plaintext, want EHLO only", plain)
-		}
-	}
+	wantPlaintextVerbs(t, r, "EHLO")
 	if !strings.Contains(r.log.String(), "upstream TLS configuration unusable") {
 		t.Errorf("log does not name the configuration problem")
 	}
@@ -467,13 +354,13 @@ server_name = "bad name"
 // reports every problem: unreadable file, a file without a certificate, a
 // key that does not belong to the certificate.
 func TestCheckUpstreamTLSFiles(t *testing.T) {
-	ca := newTestCA(t, "CA")
+	ca := smtptest.NewCA(t, "CA")
 	dir := t.TempDir()
-	cert1, _ := ca.issue(t, "one")
-	_, key2 := ca.issue(t, "two")
+	cert1, _ := ca.Issue(t, "one")
+	_, key2 := ca.Issue(t, "two")
 	notPEM := filepath.Join(dir, "notpem.txt")
 	os.WriteFile(notPEM, []byte("hello\n"), 0o644)
-	good, goodKey := ca.issue(t, "good")
+	good, goodKey := ca.Issue(t, "good")
 	conf := fmt.Sprintf(`[[mapping]]
 type = "static"
 server = "10.0.0.1"
@@ -625,12 +512,12 @@ func TestNoSessionTicketsToClients(t *testing.T) {
 			r.want("EHLO client.example.org", "250 ")
 			r.want("STARTTLS", "220 ")
 			cache := &ticketCache{}
-			tc := tls.Client(r.c.conn, &tls.Config{ServerName: "mx.test", InsecureSkipVerify: true,
+			tc := tls.Client(r.c.Conn, &tls.Config{ServerName: "mx.test", InsecureSkipVerify: true,
 				MinVersion: version, MaxVersion: version, ClientSessionCache: cache})
 			if err := tc.Handshake(); err != nil {
 				t.Fatalf("handshake: %v", err)
 			}
-			r.c.conn, r.c.r = tc, bufio.NewReader(tc)
+			r.c.Conn, r.c.Reader = tc, bufio.NewReader(tc)
 			// TLS 1.3 tickets come after the handshake: a reply reads them.
 			r.want("EHLO client.example.org", "250 ")
 			r.end()
@@ -671,8 +558,8 @@ ca_file = "missing-ca.pem"
 // TestVerifyUpstreamPeer: what `willi probe` reports as verification uses
 // the policy's ca_file and server_name.
 func TestVerifyUpstreamPeer(t *testing.T) {
-	ca := newTestCA(t, "Relay CA")
-	certFile, _ := ca.issue(t, "relay.example.net", "relay.example.net")
+	ca := smtptest.NewCA(t, "Relay CA")
+	certFile, _ := ca.Issue(t, "relay.example.net", "relay.example.net")
 	pemData, _ := os.ReadFile(certFile)
 	block, _ := pem.Decode(pemData)
 	cert, err := x509.ParseCertificate(block.Bytes)

@@ -32,6 +32,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"willi/internal/smtptest"
 )
 
 // upLine is one line an upstream received, CRLF removed.
@@ -219,7 +221,7 @@ type tlsRig struct {
 	dir string
 	log *syncBuffer
 	s   *Session
-	c   *smtpClient
+	c   *smtptest.Client
 
 	done   chan struct{}
 	ln     net.Listener
@@ -244,7 +246,7 @@ func newTLSRig(t *testing.T, o rigOpts, script func(u *fakeUpstream)) *tlsRig {
 	r := &tlsRig{t: t, dir: t.TempDir(), log: &syncBuffer{}, done: make(chan struct{}), script: script}
 	conf := "hostname = \"mx.test\"\ncommand_timeout = \"30s\"\nupstream_command_timeout = \"30s\"\nupstream_data_timeout = \"30s\"\n"
 	if o.clientTLS {
-		cert, key := genCert(t, r.dir, "mx.test")
+		cert, key := smtptest.GenCert(t, r.dir, "mx.test")
 		conf += fmt.Sprintf("[tls]\ncert_file = %q\nkey_file = %q\n", cert, key)
 	}
 	server := o.server
@@ -341,7 +343,7 @@ func newTLSRig(t *testing.T, o rigOpts, script func(u *fakeUpstream)) *tlsRig {
 		defer close(r.done)
 		s.serve()
 	}()
-	r.c = newSMTPClient(t, cc)
+	r.c = smtptest.NewClient(t, cc)
 
 	t.Cleanup(func() {
 		cc.Close()
@@ -362,7 +364,7 @@ func newTLSRig(t *testing.T, o rigOpts, script func(u *fakeUpstream)) *tlsRig {
 			t.Logf("willi's log:\n%s", r.log.String())
 		}
 	})
-	r.c.expect(220)
+	r.c.Expect(220)
 	return r
 }
 
@@ -370,7 +372,7 @@ func newTLSRig(t *testing.T, o rigOpts, script func(u *fakeUpstream)) *tlsRig {
 // connection are over, so that what the upstreams received is final.
 func (r *tlsRig) end() {
 	r.t.Helper()
-	r.c.cmd("QUIT")
+	r.c.Cmd("QUIT")
 	r.wait()
 }
 
@@ -408,9 +410,9 @@ func (r *tlsRig) only() *fakeUpstream {
 }
 
 // want sends a command and checks the reply's first line begins with prefix.
-func (r *tlsRig) want(cmd, prefix string) smtpReply {
+func (r *tlsRig) want(cmd, prefix string) smtptest.Reply {
 	r.t.Helper()
-	rep := r.c.cmd(cmd)
+	rep := r.c.Cmd(cmd)
 	if len(rep.Lines) == 0 || !strings.HasPrefix(rep.Lines[len(rep.Lines)-1], prefix) {
 		r.t.Fatalf("%s: got %q, want %q...", cmd, rep.Lines, prefix)
 	}
@@ -422,7 +424,7 @@ func (r *tlsRig) hello(tls bool) {
 	r.t.Helper()
 	r.want("EHLO client.example.org", "250 ")
 	if tls {
-		st := r.c.starttls("mx.test")
+		st := r.c.StartTLS("mx.test")
 		if st.Version < tlsMinVersion {
 			r.t.Fatalf("client TLS version %x", st.Version)
 		}
@@ -437,7 +439,7 @@ func (r *tlsRig) deliver() {
 	r.t.Helper()
 	r.want("MAIL FROM:<a@example.org>", "250 ")
 	r.want("RCPT TO:<b@example.net>", "250 ")
-	if rep := r.c.data([]byte("Subject: t\r\n\r\nhello\r\n")); rep.Code != 250 {
+	if rep := r.c.Data([]byte("Subject: t\r\n\r\nhello\r\n")); rep.Code != 250 {
 		r.t.Fatalf("end of data: %q", rep.Lines)
 	}
 }
@@ -445,7 +447,7 @@ func (r *tlsRig) deliver() {
 // upstreamCert is a self-signed certificate for the fake upstreams.
 func upstreamCert(t *testing.T, dir, cn string) *tls.Config {
 	t.Helper()
-	certFile, keyFile := genCert(t, dir, cn)
+	certFile, keyFile := smtptest.GenCert(t, dir, cn)
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -1011,7 +1013,7 @@ func TestUpstreamTLSClientTLS11Refused(t *testing.T) {
 	r := newTLSRig(t, rigOpts{clientTLS: true}, func(u *fakeUpstream) { u.fail("willi dialled the upstream") })
 	r.want("EHLO client.example.org", "250 ")
 	r.want("STARTTLS", "220 ")
-	tc := tls.Client(r.c.conn, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11})
+	tc := tls.Client(r.c.Conn, &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11})
 	if err := tc.Handshake(); err == nil {
 		t.Fatalf("TLS %x handshake succeeded", tc.ConnectionState().Version)
 	}
@@ -1041,11 +1043,11 @@ func TestUpstreamTLSClientHandshakeFailure(t *testing.T) {
 			r.want("EHLO client.example.org", "250 ")
 			r.want("STARTTLS", "220 ")
 			if tc.send == "" {
-				r.c.conn.Close()
+				r.c.Conn.Close()
 			} else {
-				io.WriteString(r.c.conn, tc.send)
+				io.WriteString(r.c.Conn, tc.send)
 				// Whatever willi answers, it is no SMTP reply.
-				b, _ := io.ReadAll(r.c.r)
+				b, _ := io.ReadAll(r.c.Reader)
 				if strings.Contains(string(b), "250") {
 					t.Errorf("willi answered %q in plaintext after STARTTLS", b)
 				}
@@ -1079,7 +1081,7 @@ func TestUpstreamTLSClientSessionReset(t *testing.T) {
 	r.want("MAIL FROM:<early@example.org>", "250 ")
 	r.want("STARTTLS", "503 5.5.1 ")
 	r.want("RSET", "250 ")
-	r.c.starttls("mx.test")
+	r.c.StartTLS("mx.test")
 	r.want("MAIL FROM:<a@example.org>", "503 5.5.1 ")
 	rep = r.want("EHLO after.example", "250 ")
 	if strings.Contains(rep.String(), "STARTTLS") {
@@ -1129,7 +1131,7 @@ func TestUpstreamTLSClientSTARTTLSDropsUpstream(t *testing.T) {
 	})
 	r.want("EHLO plain.example", "250 ")
 	r.deliver()
-	r.c.starttls("mx.test")
+	r.c.StartTLS("mx.test")
 	r.want("EHLO secure.example", "250 ")
 	r.deliver()
 	r.end()
@@ -1154,16 +1156,16 @@ func TestUpstreamTLSClientSTARTTLSDropsUpstream(t *testing.T) {
 func TestUpstreamTLSClientPipelinedAfterSTARTTLS(t *testing.T) {
 	r := newTLSRig(t, rigOpts{clientTLS: true}, func(u *fakeUpstream) { u.fail("willi dialled the upstream") })
 	r.want("EHLO client.example.org", "250 ")
-	r.c.send("STARTTLS\r\nEHLO injected.example\r\nMAIL FROM:<x@example.org>")
-	r.c.expect(220)
-	if r.c.r.Buffered() != 0 {
+	r.c.Send("STARTTLS\r\nEHLO injected.example\r\nMAIL FROM:<x@example.org>")
+	r.c.Expect(220)
+	if r.c.Reader.Buffered() != 0 {
 		t.Fatalf("willi answered a command pipelined after STARTTLS")
 	}
-	tc := tls.Client(r.c.conn, &tls.Config{InsecureSkipVerify: true})
+	tc := tls.Client(r.c.Conn, &tls.Config{InsecureSkipVerify: true})
 	if err := tc.Handshake(); err != nil {
 		t.Fatalf("handshake: %v", err)
 	}
-	r.c.conn, r.c.r = tc, bufio.NewReader(tc)
+	r.c.Conn, r.c.Reader = tc, bufio.NewReader(tc)
 	r.want("MAIL FROM:<a@example.org>", "503 5.5.1 ")
 	r.end()
 }

@@ -53,41 +53,23 @@ fi
 
 UP_PORT=$(free_port)
 WILLI_PORT=$(free_port)
-uid=$(id -u postfix)
-gid=$(id -g postfix)
 
-# postfix_instance DIR ROLE SMTPD_ADDR|- RELAYHOST TLS(yes|no)
+# postfix_instance DIR ROLE SMTPD_ADDR|- RELAYHOST: a private instance laid
+# out by test/postfix-instance.sh (as the tests' instances are), with TLS on
+# both of its sides.
 postfix_instance() {
 	local dir=$1 role=$2 listen=$3 relay=$4
-	mkdir -p "$dir"/{etc,queue,data,mail}
-	chmod 755 "$dir"
-	chown postfix:postfix "$dir/data" "$dir/mail"
+	if [ "$listen" = - ]; then
+		"$ROOT/test/postfix-instance.sh" "$dir"
+	else
+		"$ROOT/test/postfix-instance.sh" "$dir" "$listen inet n - n - - smtpd"
+	fi
 	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
 		-keyout "$dir/etc/key.pem" -out "$dir/etc/cert.pem" -days 2 -subj "/CN=$role.test" 2>/dev/null
 	echo "alice@example.org example.org/alice/" >"$dir/etc/vmailbox"
-	cat >"$dir/etc/main.cf" <<EOC
-compatibility_level = 3.6
-queue_directory = $dir/queue
-data_directory = $dir/data
-mail_owner = postfix
-setgid_group = postdrop
+	cat >>"$dir/etc/main.cf" <<EOC
 myhostname = $role.test
 myorigin = \$myhostname
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
-mynetworks = 127.0.0.0/8
-alias_maps =
-alias_database =
-local_recipient_maps =
-maillog_file = $dir/maillog
-maillog_file_prefixes = $dir
-smtp_dns_support_level = disabled
-smtpd_peername_lookup = no
-biff = no
-virtual_mailbox_base = $dir/mail
-virtual_uid_maps = static:$uid
-virtual_gid_maps = static:$gid
 smtpd_tls_cert_file = $dir/etc/cert.pem
 smtpd_tls_key_file = $dir/etc/key.pem
 smtpd_tls_security_level = may
@@ -99,33 +81,6 @@ EOC
 	if [ "$role" = upstream ]; then
 		printf 'virtual_mailbox_domains = example.org\nvirtual_mailbox_maps = hash:%s\n' "$dir/etc/vmailbox" >>"$dir/etc/main.cf"
 	fi
-	{
-		[ "$listen" != - ] && echo "$listen inet n - n - - smtpd"
-		cat <<'EOC'
-pickup    fifo  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      fifo  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-virtual   unix  -       n       n       -       -       virtual
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-EOC
-	} >"$dir/etc/master.cf"
 	postmap -c "$dir/etc" "hash:$dir/etc/vmailbox"
 	postfix -c "$dir/etc" start
 }

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // TestCSVIndexFiftyProcesses: 50 willi processes start at once on a
@@ -102,18 +104,18 @@ func TestCSVIndexSessionRebuilds(t *testing.T) {
 	f.Close()
 	cfg := writeConfig(t, dir, fmt.Sprintf("hostname = \"mx.test\"\nindex_dir = \"cache\"\n[[mapping]]\ntype = \"csv\"\nfile = %q\n", p))
 	w := startWilliPipes(t, bin, cfg, "GOMAXPROCS=1")
-	c := newSMTPClient(t, w.Conn)
-	c.expect(220)
-	c.send("EHLO client.test")
-	c.expect(250)
-	c.send("MAIL FROM:<a@client.test>")
-	c.expect(250)
-	c.send("RCPT TO:<rcpt@route.test>")
-	if r, _ := c.readReply(); r.Code != 451 { // routed by the scan; the upstream is down
+	c := smtptest.NewClient(t, w.Conn)
+	c.Expect(220)
+	c.Send("EHLO client.test")
+	c.Expect(250)
+	c.Send("MAIL FROM:<a@client.test>")
+	c.Expect(250)
+	c.Send("RCPT TO:<rcpt@route.test>")
+	if r, _ := c.ReadReply(); r.Code != 451 { // routed by the scan; the upstream is down
 		t.Fatalf("RCPT: %v", r)
 	}
-	c.send("QUIT")
-	c.expect(221)
+	c.Send("QUIT")
+	c.Expect(221)
 	w.Conn.Close()
 	if code, err := w.Wait(2 * time.Minute); code != 0 || err != nil {
 		t.Fatalf("willi: exit %d, %v", code, err)

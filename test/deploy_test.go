@@ -24,6 +24,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // deployReleaseFiles are the files a release ships besides the binary, as in
@@ -608,15 +610,15 @@ func TestDeployMakeBuildStampsVersion(t *testing.T) {
 
 // deployMessage sends one message from client@sender.test to rcpt and
 // expects 250 for it and 221 for QUIT.
-func deployMessage(t testing.TB, c *smtpClient, rcpt, subject string) {
+func deployMessage(t testing.TB, c *smtptest.Client, rcpt, subject string) {
 	t.Helper()
-	c.expect(220)
-	c.want250("EHLO client.test", "MAIL FROM:<client@sender.test>", "RCPT TO:<"+rcpt+">")
+	c.Expect(220)
+	c.Want250("EHLO client.test", "MAIL FROM:<client@sender.test>", "RCPT TO:<"+rcpt+">")
 	msg := "From: client@sender.test\r\nTo: " + rcpt + "\r\nSubject: " + subject + "\r\n\r\nHello.\r\n"
-	if r := c.data(dotStuff([]byte(msg))); r.Code != 250 {
+	if r := c.Data(smtptest.DotStuff([]byte(msg))); r.Code != 250 {
 		t.Fatalf("end of data: %q", r.Lines)
 	}
-	if r := c.cmd("QUIT"); r.Code != 221 {
+	if r := c.Cmd("QUIT"); r.Code != 221 {
 		t.Fatalf("QUIT: %q", r.Lines)
 	}
 }
@@ -677,7 +679,7 @@ func TestDeployXinetd(t *testing.T) {
 	xinetd := needProgram(t, "xinetd")
 	sink, dump := startSMTPSink(t)
 	bin, conf := deployRoutedConfig(t, sink)
-	port := freePort(t)
+	port := smtptest.FreePort(t)
 	xconf := deployXinetdConf(t, bin, conf, port)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 
@@ -730,7 +732,7 @@ func TestDeployTCPServer(t *testing.T) {
 	needProgram(t, "tcpserver")
 	sink, dump := startSMTPSink(t)
 	bin, conf := deployRoutedConfig(t, sink)
-	port := freePort(t)
+	port := smtptest.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 
 	logPath := filepath.Join(filepath.Dir(conf), "run.log")
@@ -758,7 +760,7 @@ func TestDeployDemo(t *testing.T) {
 	// that the work tree is left alone.
 	dir := t.TempDir()
 	deployMustRun(t, time.Minute, nil, "sh", "-c", `tar -cf - --exclude=./willi --exclude=./dist --exclude=./.git . | tar -xf - -C "$0"`, dir)
-	env := []string{fmt.Sprintf("DEMO_LISTEN=127.0.0.1:%d", freePort(t)), fmt.Sprintf("DEMO_SINK_PORT=%d", freePort(t))}
+	env := []string{fmt.Sprintf("DEMO_LISTEN=127.0.0.1:%d", smtptest.FreePort(t)), fmt.Sprintf("DEMO_SINK_PORT=%d", smtptest.FreePort(t))}
 	out, err := deployRun(t, 5*time.Minute, env, "bash", filepath.Join(dir, "demo.sh"))
 	if err != nil || !strings.Contains(out, "done: the message went") || !strings.Contains(out, "Routed by willi.") {
 		t.Fatalf("demo.sh: %v\n%s", err, out)

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // Class 8: process limits, on the built binary with its standard input and
@@ -136,13 +138,13 @@ func (u *hSinkUp) snapshot() (cmds []string, data int64, ends int, bad string) {
 
 // hWilli starts the built willi on pipes with a config routing everything
 // to up.
-func hWilli(t *testing.T, up, extra string) (*williPipeProc, *smtpClient) {
+func hWilli(t *testing.T, up, extra string) (*williPipeProc, *smtptest.Client) {
 	t.Helper()
 	bin := buildWilli(t)
 	conf := writeConfig(t, t.TempDir(), "hostname = \"mx.test\"\n"+extra+"\n[[mapping]]\ntype = \"static\"\nserver = \""+up+"\"\n"+
 		"[[upstream]]\nserver = \""+up+"\"\nclient_address = \"none\"\n")
 	p := startWilliPipes(t, bin, conf)
-	c := newSMTPClient(t, p.Conn)
+	c := smtptest.NewClient(t, p.Conn)
 	return p, c
 }
 
@@ -182,9 +184,9 @@ func hExit(t *testing.T, p *williPipeProc, want int) {
 func TestHardeningProcessBigMessage(t *testing.T) {
 	up := startHSinkUp(t)
 	p, c := hWilli(t, up.addr, "max_message_size = 2147483648")
-	c.expect(220)
-	c.want250("EHLO client.example", "MAIL FROM:<a@example.net> SIZE=1073742000", "RCPT TO:<b@example.org>")
-	if r := c.cmd("DATA"); r.Code != 354 {
+	c.Expect(220)
+	c.Want250("EHLO client.example", "MAIL FROM:<a@example.net> SIZE=1073742000", "RCPT TO:<b@example.org>")
+	if r := c.Cmd("DATA"); r.Code != 354 {
 		t.Fatalf("DATA: %q", r.Lines)
 	}
 	line := strings.Repeat("x", 998) + "\r\n"
@@ -197,12 +199,12 @@ func TestHardeningProcessBigMessage(t *testing.T) {
 		}
 	}
 	io.WriteString(p.Conn, ".\r\n")
-	rep, err := c.readReply()
+	rep, err := c.ReadReply()
 	if err != nil || rep.Code != 250 || rep.Last() != "2.0.0 Ok: queued as BIG" {
 		t.Fatalf("end of data: %q %v", rep.Lines, err)
 	}
 	hwm := vmHWM(t, p.Cmd.Process.Pid)
-	c.cmd("QUIT")
+	c.Cmd("QUIT")
 	hExit(t, p, 0)
 	<-up.done
 	_, data, ends, bad := up.snapshot()
@@ -222,9 +224,9 @@ func TestHardeningProcessSIGTERM(t *testing.T) {
 		t.Parallel()
 		up := startHSinkUp(t)
 		p, c := hWilli(t, up.addr, "")
-		c.expect(220)
-		c.want250("EHLO client.example", "MAIL FROM:<a@example.net>", "RCPT TO:<b@example.org>")
-		if r := c.cmd("DATA"); r.Code != 354 {
+		c.Expect(220)
+		c.Want250("EHLO client.example", "MAIL FROM:<a@example.net>", "RCPT TO:<b@example.org>")
+		if r := c.Cmd("DATA"); r.Code != 354 {
 			t.Fatalf("DATA: %q", r.Lines)
 		}
 		io.WriteString(p.Conn, strings.Repeat("a line of the message\r\n", 1000))
@@ -238,11 +240,11 @@ func TestHardeningProcessSIGTERM(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 		p.Cmd.Process.Signal(syscall.SIGTERM)
-		rep, err := c.readReply()
+		rep, err := c.ReadReply()
 		if err != nil || rep.String() != "421 4.3.2 Service shutting down, closing connection" {
 			t.Fatalf("after SIGTERM: %q %v", rep.Lines, err)
 		}
-		if rest, _ := io.ReadAll(c.r); len(rest) != 0 {
+		if rest, _ := io.ReadAll(c.Reader); len(rest) != 0 {
 			t.Fatalf("after the 421: %q (G9)", rest)
 		}
 		hExit(t, p, 0)
@@ -263,10 +265,10 @@ func TestHardeningProcessSIGTERM(t *testing.T) {
 			t.Parallel()
 			up := startHSinkUp(t)
 			p, c := hWilli(t, up.addr, "")
-			c.expect(220)
-			c.cmd("EHLO client.example")
+			c.Expect(220)
+			c.Cmd("EHLO client.example")
 			p.Cmd.Process.Signal(sig)
-			rep, err := c.readReply()
+			rep, err := c.ReadReply()
 			if err != nil || rep.String() != "421 4.3.2 Service shutting down, closing connection" {
 				t.Fatalf("after %v: %q %v", sig, rep.Lines, err)
 			}
@@ -297,7 +299,7 @@ func hWantLog(t *testing.T, p *williPipeProc, patterns ...string) {
 func TestHardeningProcessSIGPIPE(t *testing.T) {
 	up := startHSinkUp(t)
 	p, c := hWilli(t, up.addr, "")
-	c.expect(220)
+	c.Expect(220)
 	p.Conn.r.Close()
 	for range 50 {
 		if _, err := io.WriteString(p.Conn.w, "NOOP\r\n"); err != nil {
@@ -314,39 +316,39 @@ func TestHardeningProcessExitCodes(t *testing.T) {
 	up := startHSinkUp(t)
 	t.Run("QUIT", func(t *testing.T) {
 		p, c := hWilli(t, up.addr, "")
-		c.expect(220)
-		c.cmd("QUIT")
+		c.Expect(220)
+		c.Cmd("QUIT")
 		hExit(t, p, 0)
 	})
 	t.Run("client closes", func(t *testing.T) {
 		p, c := hWilli(t, up.addr, "")
-		c.expect(220)
+		c.Expect(220)
 		p.Conn.Close()
 		hExit(t, p, 0)
 	})
 	t.Run("timeout", func(t *testing.T) {
 		p, c := hWilli(t, up.addr, `command_timeout = "1s"`)
-		c.expect(220)
-		if rep := c.expect(421); rep.String() != strings.TrimSuffix(hTimeout, "\r\n") {
+		c.Expect(220)
+		if rep := c.Expect(421); rep.String() != strings.TrimSuffix(hTimeout, "\r\n") {
 			t.Fatalf("got %q", rep.Lines)
 		}
 		hExit(t, p, 0)
 	})
 	t.Run("too many errors", func(t *testing.T) {
 		p, c := hWilli(t, up.addr, "")
-		c.expect(220)
-		c.send("FOO\r\nFOO\r\nFOO")
-		c.expect(500)
-		c.expect(500)
-		c.expect(500)
-		c.expect(421)
+		c.Expect(220)
+		c.Send("FOO\r\nFOO\r\nFOO")
+		c.Expect(500)
+		c.Expect(500)
+		c.Expect(500)
+		c.Expect(421)
 		hExit(t, p, 0)
 	})
 	t.Run("bad config", func(t *testing.T) {
 		conf := writeConfig(t, t.TempDir(), "hostname = \"mx.test\"\nno_such_key = 1\n")
 		p := startWilliPipes(t, buildWilli(t), conf)
-		c := newSMTPClient(t, p.Conn)
-		if rep := c.expect(421); rep.String() != "421 4.3.0 Service unavailable: configuration error, closing connection" {
+		c := smtptest.NewClient(t, p.Conn)
+		if rep := c.Expect(421); rep.String() != "421 4.3.0 Service unavailable: configuration error, closing connection" {
 			t.Fatalf("got %q", rep.Lines)
 		}
 		hExit(t, p, 1)

@@ -7,10 +7,8 @@ package test
 // claims. Run test/deps.sh (as root) to install every peer.
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +26,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // peerInstallHint tells how to get the real peers the tests run.
@@ -57,33 +57,6 @@ func needRoot(t testing.TB) {
 		t.Fatalf("this real-peer test needs root (private Postfix instance); run the suite as root")
 	}
 }
-
-// postfixServices is master.cf's list of Postfix's internal services, for
-// the private instances the tests run (upstreams and senders alike).
-const postfixServices = `pickup    unix  n       -       n       60      1       pickup
-cleanup   unix  n       -       n       -       0       cleanup
-qmgr      unix  n       -       n       300     1       qmgr
-tlsmgr    unix  -       -       n       1000?   1       tlsmgr
-rewrite   unix  -       -       n       -       -       trivial-rewrite
-bounce    unix  -       -       n       -       0       bounce
-defer     unix  -       -       n       -       0       bounce
-trace     unix  -       -       n       -       0       bounce
-verify    unix  -       -       n       -       1       verify
-flush     unix  n       -       n       1000?   0       flush
-proxymap  unix  -       -       n       -       -       proxymap
-proxywrite unix -       -       n       -       1       proxymap
-smtp      unix  -       -       n       -       -       smtp
-relay     unix  -       -       n       -       -       smtp
-showq     unix  n       -       n       -       -       showq
-error     unix  -       -       n       -       -       error
-retry     unix  -       -       n       -       -       error
-discard   unix  -       -       n       -       -       discard
-local     unix  -       n       n       -       -       local
-virtual   unix  -       n       n       -       -       virtual
-anvil     unix  -       -       n       -       1       anvil
-scache    unix  -       -       n       -       1       scache
-postlog   unix-dgram n  -       n       -       1       postlogd
-`
 
 // ---------------------------------------------------------------------------
 // Building willi
@@ -141,22 +114,26 @@ func removeStaleBuildDirs() {
 // ---------------------------------------------------------------------------
 // Small utilities
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("freePort: %v", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // deadPort returns a loopback port on which nothing listens (connections are
 // refused), for failover tests.
 func deadPort(t testing.TB) int {
 	t.Helper()
-	return freePort(t)
+	return smtptest.FreePort(t)
+}
+
+// runCmd runs a command with a timeout and returns its combined output.
+func runCmd(timeout time.Duration, stdin []byte, name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
 }
 
 // writeConfig writes toml as dir/willi.conf and returns its path.
@@ -331,26 +308,6 @@ func tailFile(path string, max int64) string {
 	return string(b)
 }
 
-// genCert writes a self-signed ECDSA P-256 certificate for cn (made with
-// openssl) into dir and returns the certificate and key paths.
-func genCert(t testing.TB, dir, cn string) (certFile, keyFile string) {
-	t.Helper()
-	openssl := needProgram(t, "openssl")
-	certFile = filepath.Join(dir, cn+".crt")
-	keyFile = filepath.Join(dir, cn+".key")
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, openssl, "req", "-x509", "-newkey", "ec",
-		"-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout", keyFile,
-		"-out", certFile, "-days", "2", "-subj", "/CN="+cn,
-		"-addext", "subjectAltName=DNS:"+cn).CombinedOutput()
-	if err != nil {
-		t.Fatalf("openssl req: %v\n%s", err, out)
-	}
-	os.Chmod(keyFile, 0o644) // readable by Postfix's unprivileged daemons if needed
-	return certFile, keyFile
-}
-
 // ---------------------------------------------------------------------------
 // willi under its process managers
 
@@ -383,7 +340,7 @@ func startWilliSocketActivate(t testing.TB, bin, cfgPath string, inetd bool) (ad
 func startWilliActivated(t testing.TB, bin, cfgPath string, o williLaunchOpts) *williListener {
 	t.Helper()
 	sa := needProgram(t, "systemd-socket-activate")
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	args := []string{"--accept", "-l", addr}
 	if o.Inetd {
 		args = append(args, "--inetd")
@@ -400,7 +357,7 @@ func startWilliActivated(t testing.TB, bin, cfgPath string, o williLaunchOpts) *
 func startWilliTCPServer(t testing.TB, bin, cfgPath string) *williListener {
 	t.Helper()
 	ts := needProgram(t, "tcpserver")
-	port := freePort(t)
+	port := smtptest.FreePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	args := []string{"-q", "-R", "-H", "-l", "willi.test", "127.0.0.1", strconv.Itoa(port),
 		bin, "-config", cfgPath}
@@ -555,43 +512,9 @@ func (c *pipeConn) SetDeadline(t time.Time) error {
 // ---------------------------------------------------------------------------
 // A raw SMTP client for exact replies
 
-// smtpReply is one reply: its code and its raw lines without CRLF.
-type smtpReply struct {
-	Code  int
-	Lines []string
-}
-
-// String is the reply as sent, lines joined by "\n".
-func (r smtpReply) String() string { return strings.Join(r.Lines, "\n") }
-
-// Last is the text of the last line after "NNN ".
-func (r smtpReply) Last() string {
-	if len(r.Lines) == 0 {
-		return ""
-	}
-	l := r.Lines[len(r.Lines)-1]
-	if len(l) > 4 {
-		return l[4:]
-	}
-	return ""
-}
-
-// smtpClient speaks SMTP line by line over any net.Conn, keeping the reply
-// lines exactly as received.
-type smtpClient struct {
-	t    testing.TB
-	conn net.Conn
-	r    *bufio.Reader
-}
-
-func newSMTPClient(t testing.TB, conn net.Conn) *smtpClient {
-	conn.SetDeadline(time.Now().Add(60 * time.Second))
-	return &smtpClient{t: t, conn: conn, r: bufio.NewReader(conn)}
-}
-
 // dialSMTP connects to addr from the local address src ("" for any) and
-// returns a client; the connection is closed in t.Cleanup.
-func dialSMTP(t testing.TB, addr, src string) *smtpClient {
+// returns an smtptest client; the connection is closed in t.Cleanup.
+func dialSMTP(t testing.TB, addr, src string) *smtptest.Client {
 	t.Helper()
 	d := net.Dialer{Timeout: 10 * time.Second}
 	if src != "" {
@@ -602,135 +525,7 @@ func dialSMTP(t testing.TB, addr, src string) *smtpClient {
 		t.Fatalf("dial %s: %v", addr, err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return newSMTPClient(t, c)
-}
-
-// readReply reads one (possibly multi-line) reply.
-func (c *smtpClient) readReply() (smtpReply, error) {
-	var rep smtpReply
-	for {
-		line, err := c.r.ReadString('\n')
-		if err != nil {
-			if line != "" {
-				rep.Lines = append(rep.Lines, line)
-			}
-			return rep, err
-		}
-		if !strings.HasSuffix(line, "\r\n") {
-			return rep, fmt.Errorf("reply line not CRLF-terminated: %q", line)
-		}
-		line = strings.TrimSuffix(line, "\r\n")
-		rep.Lines = append(rep.Lines, line)
-		if len(line) < 4 || (line[3] != ' ' && line[3] != '-') {
-			return rep, fmt.Errorf("malformed reply line %q", line)
-		}
-		code, err := strconv.Atoi(line[:3])
-		if err != nil {
-			return rep, fmt.Errorf("malformed reply line %q", line)
-		}
-		if rep.Code != 0 && code != rep.Code {
-			return rep, fmt.Errorf("reply code changed within a reply: %q", rep.Lines)
-		}
-		rep.Code = code
-		if line[3] == ' ' {
-			return rep, nil
-		}
-	}
-}
-
-// expect reads a reply and fails the test unless its code is code.
-func (c *smtpClient) expect(code int) smtpReply {
-	c.t.Helper()
-	rep, err := c.readReply()
-	if err != nil {
-		c.t.Fatalf("reading reply (want %d): %v (got %q)", code, err, rep.Lines)
-	}
-	if rep.Code != code {
-		c.t.Fatalf("got reply %q, want code %d", rep.Lines, code)
-	}
-	return rep
-}
-
-// send writes one command line (CRLF added).
-func (c *smtpClient) send(line string) {
-	c.t.Helper()
-	if _, err := io.WriteString(c.conn, line+"\r\n"); err != nil {
-		c.t.Fatalf("sending %q: %v", line, err)
-	}
-}
-
-// cmd sends a command and reads its reply.
-func (c *smtpClient) cmd(line string) smtpReply {
-	c.t.Helper()
-	c.send(line)
-	rep, err := c.readReply()
-	if err != nil {
-		c.t.Fatalf("reply to %q: %v (got %q)", line, err, rep.Lines)
-	}
-	return rep
-}
-
-// want250 sends each command and fails the test unless it is answered 250.
-func (c *smtpClient) want250(lines ...string) {
-	c.t.Helper()
-	for _, l := range lines {
-		if r := c.cmd(l); r.Code != 250 {
-			c.t.Fatalf("%s: %q", l, r.Lines)
-		}
-	}
-}
-
-// starttls upgrades the connection after a 220 to STARTTLS.
-func (c *smtpClient) starttls(serverName string) *tls.ConnectionState {
-	c.t.Helper()
-	if rep := c.cmd("STARTTLS"); rep.Code != 220 {
-		c.t.Fatalf("STARTTLS: %q", rep.Lines)
-	}
-	if c.r.Buffered() != 0 {
-		c.t.Fatalf("server sent bytes after its 220 to STARTTLS")
-	}
-	tc := tls.Client(c.conn, &tls.Config{ServerName: serverName, InsecureSkipVerify: true, MinVersion: tls.VersionTLS12})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := tc.HandshakeContext(ctx); err != nil {
-		c.t.Fatalf("TLS handshake: %v", err)
-	}
-	c.conn = tc
-	c.r = bufio.NewReader(tc)
-	st := tc.ConnectionState()
-	return &st
-}
-
-// data sends DATA, the raw message (which must already be dot-stuffed and
-// CRLF-terminated) and the end of data, returning the final reply.
-func (c *smtpClient) data(raw []byte) smtpReply {
-	c.t.Helper()
-	if rep := c.cmd("DATA"); rep.Code != 354 {
-		c.t.Fatalf("DATA: %q", rep.Lines)
-	}
-	if _, err := c.conn.Write(raw); err != nil {
-		c.t.Fatalf("writing message: %v", err)
-	}
-	if _, err := io.WriteString(c.conn, ".\r\n"); err != nil {
-		c.t.Fatalf("writing end of data: %v", err)
-	}
-	rep, err := c.readReply()
-	if err != nil {
-		c.t.Fatalf("reply to end of data: %v (%q)", err, rep.Lines)
-	}
-	return rep
-}
-
-// dotStuff turns a message of CRLF lines into its DATA transmission form.
-func dotStuff(msg []byte) []byte {
-	var b bytes.Buffer
-	for _, line := range bytes.SplitAfter(msg, []byte("\r\n")) {
-		if len(line) > 0 && line[0] == '.' {
-			b.WriteByte('.')
-		}
-		b.Write(line)
-	}
-	return b.Bytes()
+	return smtptest.NewClient(t, c)
 }
 
 // ---------------------------------------------------------------------------
@@ -744,7 +539,7 @@ func startSMTPSink(t testing.TB, extraArgs ...string) (addr string, dumpDir stri
 	needRoot(t)
 	sink := needProgram(t, "smtp-sink")
 	dumpDir = t.TempDir()
-	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr = fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	args := append([]string{"-u", "root", "-h", "sink.test", "-d", dumpDir + "/msg."}, extraArgs...)
 	args = append(args, addr, "100")
 	startListener(t, exec.Command(sink, args...), "smtp-sink", filepath.Join(t.TempDir(), "smtp-sink.log"), addr, nil)
@@ -893,51 +688,70 @@ type postfixInstance struct {
 	seen map[string]bool
 }
 
+// postfixInstanceDir lays out a private instance in a new folder with
+// test/postfix-instance.sh, which bench/tls-setup.sh runs too (its folders,
+// the main.cf settings every instance shares, master.cf with the listener
+// lines given), and returns the folder: a short path under /tmp, because
+// Postfix checks the ownership and modes of the queue directory's parents
+// and its daemons run unprivileged. The caller adds its role's settings
+// with appendMainCf.
+func postfixInstanceDir(t testing.TB, prefix string, listeners ...string) string {
+	t.Helper()
+	if _, err := user.Lookup("postfix"); err != nil {
+		t.Fatalf("no postfix user: %v; %s", err, peerInstallHint)
+	}
+	needProgram(t, "postconf")
+	dir, err := os.MkdirTemp("/tmp", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"test/postfix-instance.sh", dir}, listeners...)
+	if _, err := runCmd(30*time.Second, nil, "sh", args...); err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// appendMainCf adds settings (main.cf lines) to a private instance's
+// main.cf.
+func appendMainCf(t testing.TB, configDir, settings string) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(configDir, "main.cf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(settings); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // startPostfix starts a private Postfix (own config, queue, data and mailbox
 // directories; smtpd on free loopback ports; log to a file) and stops it in
 // t.Cleanup. An unknown recipient at example.org gets
 // "550 5.1.1 <...>: Recipient address rejected: User unknown in virtual mailbox table".
-// postfixInstanceDir returns the postfix account's ids and a new folder
-// for a private instance: a short path under /tmp, because Postfix checks
-// the ownership and modes of the queue directory's parents and its daemons
-// run unprivileged.
-func postfixInstanceDir(t testing.TB, prefix string) (uid, gid int, dir string) {
-	t.Helper()
-	pfUser, err := user.Lookup("postfix")
-	if err != nil {
-		t.Fatalf("no postfix user: %v; %s", err, peerInstallHint)
-	}
-	uid, _ = strconv.Atoi(pfUser.Uid)
-	gid, _ = strconv.Atoi(pfUser.Gid)
-	if dir, err = os.MkdirTemp("/tmp", prefix); err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(dir, 0o755)
-	return uid, gid, dir
-}
-
 func startPostfix(t testing.TB, opts postfixOpts) *postfixInstance {
 	t.Helper()
 	needRoot(t)
 	postfixCmd := needProgram(t, "postfix")
 	postmap := needProgram(t, "postmap")
 	needProgram(t, "smtpd") // in /usr/lib/postfix/sbin
-	uid, gid, dir := postfixInstanceDir(t, "willi-pf-")
 	p := &postfixInstance{
-		Dir:       dir,
-		ConfigDir: filepath.Join(dir, "etc"),
-		Addr:      fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		Domain:    "example.org",
-		Hostname:  "upstream.test",
-		seen:      map[string]bool{},
+		Addr:     fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t)),
+		Domain:   "example.org",
+		Hostname: "upstream.test",
+		seen:     map[string]bool{},
 	}
-	for _, d := range []string{"etc", "queue", "data", "mail"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
+	listeners := []string{p.Addr + " inet n - n - - smtpd"}
+	if opts.ProxyListener {
+		p.ProxyAddr = fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
+		listeners = append(listeners, p.ProxyAddr+" inet n - n - - smtpd -o smtpd_upstream_proxy_protocol=haproxy")
 	}
-	os.Chown(filepath.Join(dir, "data"), uid, gid)
-	os.Chown(filepath.Join(dir, "mail"), uid, gid)
+	dir := postfixInstanceDir(t, "willi-pf-", listeners...)
+	p.Dir, p.ConfigDir = dir, filepath.Join(dir, "etc")
 	users := opts.Users
 	if len(users) == 0 {
 		users = []string{"alice", "bob", "carol"}
@@ -951,70 +765,28 @@ func startPostfix(t testing.TB, opts postfixOpts) *postfixInstance {
 		t.Fatal(err)
 	}
 
-	mainCf := fmt.Sprintf(`# Private Postfix instance for willi's tests.
-compatibility_level = 3.6
-queue_directory = %[1]s/queue
-data_directory = %[1]s/data
-mail_owner = postfix
-setgid_group = postdrop
-myhostname = %[2]s
+	mainCf := fmt.Sprintf(`# The upstream.
+myhostname = %[1]s
 mydomain = test
 myorigin = $myhostname
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
-mynetworks = 127.0.0.0/8
 relayhost =
-alias_maps =
-alias_database =
-local_recipient_maps =
-maillog_file = %[1]s/maillog
-maillog_file_prefixes = %[1]s
-smtp_dns_support_level = disabled
-smtpd_peername_lookup = no
 smtpd_banner = $myhostname ESMTP upstream
-biff = no
-message_size_limit = 0
-virtual_mailbox_limit = 0
-virtual_mailbox_domains = %[3]s
-virtual_mailbox_base = %[1]s/mail
-virtual_mailbox_maps = hash:%[4]s
-virtual_uid_maps = static:%[5]d
-virtual_gid_maps = static:%[6]d
+virtual_mailbox_domains = %[2]s
+virtual_mailbox_maps = hash:%[3]s
 smtpd_reject_unlisted_recipient = yes
-`, dir, p.Hostname, p.Domain, vmbPath, uid, gid)
+`, p.Hostname, p.Domain, vmbPath)
 	if opts.XClient {
 		mainCf += "smtpd_authorized_xclient_hosts = 127.0.0.1\n"
 	}
 	if opts.TLS {
-		cert, key := genCert(t, p.ConfigDir, p.Hostname)
+		cert, key := smtptest.GenCert(t, p.ConfigDir, p.Hostname)
 		p.CertFile = cert
 		mainCf += fmt.Sprintf("smtpd_tls_cert_file = %s\nsmtpd_tls_key_file = %s\n"+
 			"smtpd_tls_security_level = may\nsmtpd_tls_received_header = yes\n"+
 			"smtpd_tls_loglevel = 1\n", cert, key)
 	}
-	masterCf := fmt.Sprintf("%s inet n - n - - smtpd\n", p.Addr)
-	if opts.ProxyListener {
-		p.ProxyAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		masterCf += fmt.Sprintf("%s inet n - n - - smtpd\n  -o smtpd_upstream_proxy_protocol=haproxy\n", p.ProxyAddr)
-	}
-	masterCf += postfixServices
-	if err := os.WriteFile(filepath.Join(p.ConfigDir, "main.cf"), []byte(mainCf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(p.ConfigDir, "master.cf"), []byte(masterCf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	run := func(timeout time.Duration, name string, args ...string) error {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, name, args...).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-		}
-		return nil
-	}
-	if err := run(30*time.Second, postmap, "-c", p.ConfigDir, "hash:"+vmbPath); err != nil {
+	appendMainCf(t, p.ConfigDir, mainCf)
+	if _, err := runCmd(30*time.Second, nil, postmap, "-c", p.ConfigDir, "hash:"+vmbPath); err != nil {
 		os.RemoveAll(dir)
 		t.Fatal(err)
 	}
@@ -1025,7 +797,7 @@ smtpd_reject_unlisted_recipient = yes
 		p.stop(postfixCmd)
 		os.RemoveAll(dir)
 	})
-	if err := run(60*time.Second, postfixCmd, "-c", p.ConfigDir, "start"); err != nil {
+	if _, err := runCmd(60*time.Second, nil, postfixCmd, "-c", p.ConfigDir, "start"); err != nil {
 		t.Fatalf("starting private postfix: %v\nlog:\n%s", err, tailFile(filepath.Join(dir, "maillog"), 8<<10))
 	}
 	waitListening(t, p.Addr, 15*time.Second, "postfix smtpd")
@@ -1285,7 +1057,7 @@ func pySMTP(t testing.TB, o pyOpts) pyResult {
 // "send-proxy-v2" or "send-proxy"). It returns the frontend address.
 func startHAProxy(t testing.TB, backend string, serverOpts ...string) (addr string) {
 	t.Helper()
-	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr = fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	cfg := fmt.Sprintf(`global
     log stderr format raw local0 info
     maxconn 200

@@ -7,6 +7,7 @@ package test
 // database host killed mid-run does not take the routing table with it.
 
 import (
+	"willi/internal/smtptest"
 	"willi/test/mariadb"
 
 	"context"
@@ -22,11 +23,11 @@ import (
 
 const galeraProvider = "/usr/lib/galera/libgalera_smm.so"
 
-// galeraWatchdog runs one Galera node and, like the mariadb package's watchdog, kills it
-// (SIGKILL: a host that dies) and removes its folder when its stdin closes.
-// The first node bootstraps the cluster from a fresh data directory; the
-// others start empty and get their state by rsync SST, whose daemon runs
-// as nobody.
+// galeraWatchdog runs one Galera node and, like the mariadb package's
+// watchdog (mariadb.WatchdogEnd), kills it and removes its folder when its
+// stdin closes. The first node bootstraps the cluster from a fresh data
+// directory; the others start empty and get their state by rsync SST, whose
+// daemon runs as nobody.
 const galeraWatchdog = `
 set -e
 dir=$1 port=$2 gport=$3 iport=$4 sport=$5 peers=$6 name=$7
@@ -50,12 +51,7 @@ mariadbd --no-defaults --datadir="$dir/data" --user=root --skip-name-resolve \
 	--wsrep-provider-options="gmcast.listen_addr=tcp://127.0.0.1:$gport;ist.recv_addr=127.0.0.1:$iport;gcache.size=8M" \
 	--wsrep-sst-method=rsync --wsrep-sst-receive-address="127.0.0.1:$sport" \
 	2>>"$dir/error.log" &
-pid=$!
-cat >/dev/null || true  # until the test process closes our stdin (or exits)
-kill -9 $pid 2>/dev/null || true
-wait $pid 2>/dev/null || true
-rm -rf "$dir"
-`
+` + mariadb.WatchdogEnd
 
 // startGaleraCluster starts n Galera nodes, one after the other, each
 // joining the ones before, and waits until each is Synced. The first node
@@ -79,7 +75,7 @@ func startGaleraCluster(t testing.TB, n int) []*mariadb.DB {
 		if err != nil {
 			t.Fatal(err)
 		}
-		port, gport, iport, sport := freePort(t), freePort(t), freePort(t), freePort(t)
+		port, gport, iport, sport := smtptest.FreePort(t), smtptest.FreePort(t), smtptest.FreePort(t), smtptest.FreePort(t)
 		name := fmt.Sprintf("db%d", i+1)
 		cmd := exec.Command("sh", "-c", galeraWatchdog, "sh", dir, fmt.Sprint(port), fmt.Sprint(gport),
 			fmt.Sprint(iport), fmt.Sprint(sport), strings.Join(gcomm, ","), name)
@@ -231,11 +227,11 @@ func TestPeerScaleOutGalera(t *testing.T) {
 	}
 	query := "SELECT server FROM " + table + " WHERE pattern = ?"
 
-	dbFront := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	dbFront := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	startHAProxyConfig(t, galeraHAProxyConfig(t, dbFront, nodes), dbFront)
 	dsn := (&mariadb.DB{Addr: dbFront}).DSN("timeout=5s&readTimeout=10s")
 	hosts, addrs := soWilliHosts(t, bin, dsn, query)
-	front := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	front := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	hcfg, _ := soReadmeHAProxyConfig(t, front, addrs[0], addrs[1])
 	startHAProxyConfig(t, hcfg, front)
 

@@ -35,24 +35,24 @@ func TestPeerHarnessPostfix(t *testing.T) {
 
 	t.Run("xclient_direct", func(t *testing.T) {
 		c := dialSMTP(t, pf.Addr, "127.0.0.1")
-		c.expect(220)
-		if ehlo := c.cmd("EHLO proxy.test"); !strings.Contains(ehlo.String(), "XCLIENT") || !strings.Contains(ehlo.String(), "STARTTLS") {
+		c.Expect(220)
+		if ehlo := c.Cmd("EHLO proxy.test"); !strings.Contains(ehlo.String(), "XCLIENT") || !strings.Contains(ehlo.String(), "STARTTLS") {
 			t.Fatalf("postfix EHLO lacks XCLIENT or STARTTLS: %q", ehlo.Lines)
 		}
-		c.starttls("upstream.test")
-		c.cmd("EHLO proxy.test")
-		if rep := c.cmd("XCLIENT NAME=[UNAVAILABLE] HELO=client.example PROTO=ESMTP ADDR=127.0.0.2"); rep.Code != 220 {
+		c.StartTLS("upstream.test")
+		c.Cmd("EHLO proxy.test")
+		if rep := c.Cmd("XCLIENT NAME=[UNAVAILABLE] HELO=client.example PROTO=ESMTP ADDR=127.0.0.2"); rep.Code != 220 {
 			t.Fatalf("XCLIENT: %q", rep.Lines)
 		}
-		c.cmd("EHLO client.example")
-		c.cmd("MAIL FROM:<sender@sender.test>")
-		if rep := c.cmd("RCPT TO:<alice@example.org>"); rep.Code != 250 {
+		c.Cmd("EHLO client.example")
+		c.Cmd("MAIL FROM:<sender@sender.test>")
+		if rep := c.Cmd("RCPT TO:<alice@example.org>"); rep.Code != 250 {
 			t.Fatalf("RCPT: %q", rep.Lines)
 		}
-		if rep := c.data([]byte("Subject: direct\r\n\r\nbody\r\n")); rep.Code != 250 {
+		if rep := c.Data([]byte("Subject: direct\r\n\r\nbody\r\n")); rep.Code != 250 {
 			t.Fatalf("DATA: %q", rep.Lines)
 		}
-		c.cmd("QUIT")
+		c.Cmd("QUIT")
 		msg := pf.waitMail(t, "alice", 20*time.Second)
 		top, _, _ := postfixReceived(t, msg)
 		if !strings.HasPrefix(top, "from client.example (unknown [127.0.0.2])") || !strings.Contains(top, "with ESMTPS id") {

@@ -7,6 +7,7 @@ package test
 // server got a message), `willi check` and `willi lookup` run as commands.
 
 import (
+	"willi/internal/smtptest"
 	"willi/test/mariadb"
 
 	"context"
@@ -146,9 +147,9 @@ func pmSinkHas(t testing.TB, s pmSink, token string) sinkMessage {
 
 // pmResult is what one client session saw.
 type pmResult struct {
-	Banner smtpReply
-	Rcpt   []smtpReply
-	Data   *smtpReply // the reply to the end of data; nil when DATA was not sent
+	Banner smtptest.Reply
+	Rcpt   []smtptest.Reply
+	Data   *smtptest.Reply // the reply to the end of data; nil when DATA was not sent
 }
 
 // pmSession connects to addr from 127.0.0.2 and sends one message (Subject
@@ -157,24 +158,24 @@ func pmSession(t testing.TB, addr string, rcpts []string, token string) pmResult
 	t.Helper()
 	c := dialSMTP(t, addr, "127.0.0.2")
 	var res pmResult
-	res.Banner = c.expect(220)
-	if rep := c.cmd("EHLO client.example"); rep.Code != 250 {
+	res.Banner = c.Expect(220)
+	if rep := c.Cmd("EHLO client.example"); rep.Code != 250 {
 		t.Fatalf("EHLO: %q", rep.Lines)
 	}
-	if rep := c.cmd("MAIL FROM:<sender@sender.test>"); rep.Code != 250 {
+	if rep := c.Cmd("MAIL FROM:<sender@sender.test>"); rep.Code != 250 {
 		t.Fatalf("MAIL: %q", rep.Lines)
 	}
 	accepted := false
 	for _, r := range rcpts {
-		rep := c.cmd("RCPT TO:<" + r + ">")
+		rep := c.Cmd("RCPT TO:<" + r + ">")
 		res.Rcpt = append(res.Rcpt, rep)
 		accepted = accepted || rep.Code == 250
 	}
 	if accepted {
-		rep := c.data([]byte("Subject: " + token + "\r\n\r\nbody " + token + "\r\n"))
+		rep := c.Data([]byte("Subject: " + token + "\r\n\r\nbody " + token + "\r\n"))
 		res.Data = &rep
 	}
-	if rep := c.cmd("QUIT"); rep.Code != 221 {
+	if rep := c.Cmd("QUIT"); rep.Code != 221 {
 		t.Errorf("QUIT: %q", rep.Lines)
 	}
 	return res
@@ -282,33 +283,33 @@ func TestPeerMariaDBStopped(t *testing.T) {
 	// One session: a message routed through the live database, then the
 	// database stops, then a second transaction in the same session.
 	c := dialSMTP(t, w.Addr, "127.0.0.2")
-	c.expect(220)
-	c.cmd("EHLO client.example")
-	c.cmd("MAIL FROM:<sender@sender.test>")
-	if rep := c.cmd("RCPT TO:<alice@example.com>"); rep.Code != 250 {
+	c.Expect(220)
+	c.Cmd("EHLO client.example")
+	c.Cmd("MAIL FROM:<sender@sender.test>")
+	if rep := c.Cmd("RCPT TO:<alice@example.com>"); rep.Code != 250 {
 		t.Fatalf("RCPT before the database stopped: %q", rep.Lines)
 	}
-	if rep := c.data([]byte("Subject: before\r\n\r\nbefore the stop\r\n")); rep.Code != 250 {
+	if rep := c.Data([]byte("Subject: before\r\n\r\nbefore the stop\r\n")); rep.Code != 250 {
 		t.Fatalf("end of data before the database stopped: %q", rep.Lines)
 	}
 	pmSinkHas(t, addrSink, "before the stop")
 
 	db.Stop()
 
-	if rep := c.cmd("MAIL FROM:<sender@sender.test>"); rep.Code != 250 {
+	if rep := c.Cmd("MAIL FROM:<sender@sender.test>"); rep.Code != 250 {
 		t.Fatalf("MAIL after the database stopped: %q", rep.Lines)
 	}
 	for _, rcpt := range []string{"alice@example.com", "bob@example.com", "zoe@nowhere.test"} {
-		rep := c.cmd("RCPT TO:<" + rcpt + ">")
+		rep := c.Cmd("RCPT TO:<" + rcpt + ">")
 		if rep.Code != 451 || !strings.HasPrefix(rep.Last(), "4.3.0") {
 			t.Errorf("RCPT %s in the open session after the database stopped: %q, want 451 4.3.0", rcpt, rep.Lines)
 		}
 	}
-	if rep := c.cmd("DATA"); rep.Code/100 == 3 {
+	if rep := c.Cmd("DATA"); rep.Code/100 == 3 {
 		t.Errorf("DATA accepted with no valid recipient: %q", rep.Lines)
-		c.data(nil)
+		c.Data(nil)
 	}
-	c.cmd("QUIT")
+	c.Cmd("QUIT")
 
 	// A new session (a new willi process, a fresh connection attempt).
 	res := pmSession(t, w.Addr, []string{"alice@example.com", "carol@example.com", "yves@nowhere.test"}, "after the stop")

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 func TestPeerStartTLSOverPipes(t *testing.T) {
@@ -25,36 +27,36 @@ func TestPeerStartTLSOverPipes(t *testing.T) {
 	cfg := writeConfig(t, dir, williTestConfig(sinkAddr, williTLSExtra(t, dir)))
 
 	p := startWilliPipes(t, bin, cfg, "TCPREMOTEIP=192.0.2.7", "TCPREMOTEPORT=40000")
-	c := newSMTPClient(t, p.Conn)
-	if rep := c.expect(220); !strings.HasPrefix(rep.Lines[0], "220 willi.test ESMTP") {
+	c := smtptest.NewClient(t, p.Conn)
+	if rep := c.Expect(220); !strings.HasPrefix(rep.Lines[0], "220 willi.test ESMTP") {
 		t.Errorf("banner %q", rep.Lines)
 	}
-	ehlo := c.cmd("EHLO pipes.client.example")
+	ehlo := c.Cmd("EHLO pipes.client.example")
 	if !strings.Contains(ehlo.String(), "STARTTLS") {
 		t.Fatalf("EHLO does not offer STARTTLS with [tls] set: %q", ehlo.Lines)
 	}
-	st := c.starttls("willi.test")
+	st := c.StartTLS("willi.test")
 	if st.Version < tls.VersionTLS12 {
 		t.Errorf("TLS version %x below 1.2", st.Version)
 	}
-	ehlo = c.cmd("EHLO pipes.client.example")
+	ehlo = c.Cmd("EHLO pipes.client.example")
 	if ehlo.Code != 250 || strings.Contains(ehlo.String(), "STARTTLS") {
 		t.Errorf("EHLO inside TLS: %q", ehlo.Lines)
 	}
-	if rep := c.cmd("MAIL FROM:<sender@sender.test>"); rep.Code != 250 {
+	if rep := c.Cmd("MAIL FROM:<sender@sender.test>"); rep.Code != 250 {
 		t.Fatalf("MAIL: %q", rep.Lines)
 	}
-	if rep := c.cmd("RCPT TO:<alice@example.org>"); rep.Code != 250 {
+	if rep := c.Cmd("RCPT TO:<alice@example.org>"); rep.Code != 250 {
 		t.Fatalf("RCPT: %q", rep.Lines)
 	}
 	msg := []byte("Subject: over pipes\r\n\r\n.\r\nTLS over two pipes \xe9\r\n")
-	if rep := c.data(dotStuff(msg)); rep.Code != 250 || rep.Last() != "2.0.0 Ok" {
+	if rep := c.Data(smtptest.DotStuff(msg)); rep.Code != 250 || rep.Last() != "2.0.0 Ok" {
 		t.Errorf("final reply %q", rep.Lines)
 	}
-	if rep := c.cmd("QUIT"); rep.Code != 221 {
+	if rep := c.Cmd("QUIT"); rep.Code != 221 {
 		t.Errorf("QUIT: %q", rep.Lines)
 	}
-	if tc, ok := c.conn.(*tls.Conn); ok {
+	if tc, ok := c.Conn.(*tls.Conn); ok {
 		tc.CloseWrite()
 	}
 	if code, err := p.Wait(10 * time.Second); err != nil || code != 0 {
@@ -101,14 +103,14 @@ func TestPeerTCPServer(t *testing.T) {
 
 	t.Run("plaintext_pipelined_after_starttls_not_executed", func(t *testing.T) {
 		c := dialSMTP(t, w.Addr, "127.0.0.2")
-		c.expect(220)
-		c.cmd("EHLO client.example")
+		c.Expect(220)
+		c.Cmd("EHLO client.example")
 		// CVE-2011-0411: the MAIL command rides in the same packet as
 		// STARTTLS, in plaintext; it must not be executed inside TLS.
-		if _, err := io.WriteString(c.conn, "STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n"); err != nil {
+		if _, err := io.WriteString(c.Conn, "STARTTLS\r\nMAIL FROM:<injected@evil.test>\r\n"); err != nil {
 			t.Fatal(err)
 		}
-		rep, err := c.readReply()
+		rep, err := c.ReadReply()
 		if err != nil || rep.Code != 220 {
 			// Closing instead is the stricter allowed answer.
 			if err == nil {
@@ -116,35 +118,35 @@ func TestPeerTCPServer(t *testing.T) {
 			}
 			return
 		}
-		tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true, ServerName: "willi.test"})
+		tc := tls.Client(c.Conn, &tls.Config{InsecureSkipVerify: true, ServerName: "willi.test"})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := tc.HandshakeContext(ctx); err != nil {
 			return // closing is allowed
 		}
-		c.conn = tc
-		c.r.Reset(tc)
-		ehlo := c.cmd("EHLO client.example")
+		c.Conn = tc
+		c.Reader.Reset(tc)
+		ehlo := c.Cmd("EHLO client.example")
 		if ehlo.Code != 250 || !strings.HasPrefix(ehlo.Lines[0], "250-willi.test") && !strings.HasPrefix(ehlo.Lines[0], "250 willi.test") {
 			t.Fatalf("first reply inside TLS %q is not the EHLO reply: the injected command was executed", ehlo.Lines)
 		}
-		if rep := c.cmd("RCPT TO:<alice@example.org>"); rep.Code != 503 {
+		if rep := c.Cmd("RCPT TO:<alice@example.org>"); rep.Code != 503 {
 			t.Errorf("RCPT without MAIL inside TLS got %q, want 503: the injected MAIL was executed", rep.Lines)
 		}
-		c.cmd("QUIT")
+		c.Cmd("QUIT")
 	})
 
 	t.Run("clienthello_without_starttls", func(t *testing.T) {
 		c := dialSMTP(t, w.Addr, "127.0.0.2")
-		c.expect(220)
-		tc := tls.Client(c.conn, &tls.Config{InsecureSkipVerify: true, ServerName: "willi.test"})
+		c.Expect(220)
+		tc := tls.Client(c.Conn, &tls.Config{InsecureSkipVerify: true, ServerName: "willi.test"})
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		if err := tc.HandshakeContext(ctx); err == nil {
 			t.Fatalf("TLS handshake without STARTTLS succeeded")
 		}
-		c.conn.SetDeadline(time.Now().Add(5 * time.Second))
-		rest, err := io.ReadAll(c.r)
+		c.Conn.SetDeadline(time.Now().Add(5 * time.Second))
+		rest, err := io.ReadAll(c.Reader)
 		if err != nil {
 			t.Errorf("willi did not close the connection within 5s of a ClientHello: %v (read %q)", err, rest)
 		}

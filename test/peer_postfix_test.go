@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // postfixUnknownUserReply is what Postfix answers for an unknown mailbox at
@@ -25,34 +27,34 @@ func TestPeerPostfixUpstream(t *testing.T) {
 	t.Run("direct_reference", func(t *testing.T) {
 		// What Postfix itself answers, for the comparisons below.
 		c := dialSMTP(t, pf.Addr, "127.0.0.2")
-		c.expect(220)
-		c.cmd("EHLO client.example")
-		c.cmd("MAIL FROM:<sender@sender.test>")
-		if rep := c.cmd("RCPT TO:<nobody@example.org>"); rep.String() != postfixUnknownUserReply("nobody@example.org") {
+		c.Expect(220)
+		c.Cmd("EHLO client.example")
+		c.Cmd("MAIL FROM:<sender@sender.test>")
+		if rep := c.Cmd("RCPT TO:<nobody@example.org>"); rep.String() != postfixUnknownUserReply("nobody@example.org") {
 			t.Fatalf("postfix itself answers %q, want %q (check the private instance)", rep.Lines, postfixUnknownUserReply("nobody@example.org"))
 		}
-		c.cmd("QUIT")
+		c.Cmd("QUIT")
 	})
 
 	t.Run("unknown_user_raw", func(t *testing.T) {
 		c := dialSMTP(t, addr, "127.0.0.2")
-		c.expect(220)
-		c.cmd("EHLO client.example")
-		if rep := c.cmd("MAIL FROM:<sender@sender.test>"); rep.Code != 250 {
+		c.Expect(220)
+		c.Cmd("EHLO client.example")
+		if rep := c.Cmd("MAIL FROM:<sender@sender.test>"); rep.Code != 250 {
 			t.Fatalf("MAIL: %q", rep.Lines)
 		}
-		if rep := c.cmd("RCPT TO:<nobody@example.org>"); rep.String() != postfixUnknownUserReply("nobody@example.org") {
+		if rep := c.Cmd("RCPT TO:<nobody@example.org>"); rep.String() != postfixUnknownUserReply("nobody@example.org") {
 			t.Errorf("RCPT of an unknown user: got %q, want Postfix's %q", rep.Lines, postfixUnknownUserReply("nobody@example.org"))
 		}
 		// The transaction is still open: a good recipient goes through.
-		if rep := c.cmd("RCPT TO:<carol@example.org>"); rep.Code != 250 {
+		if rep := c.Cmd("RCPT TO:<carol@example.org>"); rep.Code != 250 {
 			t.Fatalf("RCPT carol: %q", rep.Lines)
 		}
 		msg := []byte("Subject: raw\r\n\r\nraw body\r\n.\r\n")
-		if rep := c.data(dotStuff(msg)); rep.Code != 250 || !strings.HasPrefix(rep.Last(), "2.0.0 Ok: queued as ") {
+		if rep := c.Data(smtptest.DotStuff(msg)); rep.Code != 250 || !strings.HasPrefix(rep.Last(), "2.0.0 Ok: queued as ") {
 			t.Errorf("final reply %q, want Postfix's 250 2.0.0 Ok: queued as ...", rep.Lines)
 		}
-		if rep := c.cmd("QUIT"); rep.Code != 221 {
+		if rep := c.Cmd("QUIT"); rep.Code != 221 {
 			t.Errorf("QUIT: %q", rep.Lines)
 		}
 		got := pf.waitMail(t, "carol", 20*time.Second)

@@ -57,11 +57,11 @@ trusted = ["127.0.0.1/32"]
 		// 127.0.0.1 is trusted and must send a PROXY header; an SMTP
 		// command instead gets no banner, only a close.
 		c := dialSMTP(t, williAddr, "127.0.0.1")
-		c.conn.SetDeadline(time.Now().Add(15 * time.Second))
-		if _, err := io.WriteString(c.conn, "EHLO client.example\r\n"); err != nil {
+		c.Conn.SetDeadline(time.Now().Add(15 * time.Second))
+		if _, err := io.WriteString(c.Conn, "EHLO client.example\r\n"); err != nil {
 			t.Fatal(err)
 		}
-		got, err := io.ReadAll(c.conn)
+		got, err := io.ReadAll(c.Conn)
 		if err != nil {
 			t.Errorf("reading until close: %v (got %q): willi should close the connection", err, got)
 		}
@@ -73,10 +73,10 @@ trusted = ["127.0.0.1/32"]
 	t.Run("untrusted_peer_plain", func(t *testing.T) {
 		// 127.0.0.2 is not a trusted peer: a plain SMTP session.
 		c := dialSMTP(t, williAddr, "127.0.0.2")
-		if rep := c.expect(220); !strings.HasPrefix(rep.Lines[0], "220 willi.test ESMTP") {
+		if rep := c.Expect(220); !strings.HasPrefix(rep.Lines[0], "220 willi.test ESMTP") {
 			t.Errorf("banner %q", rep.Lines)
 		}
-		c.cmd("QUIT")
+		c.Cmd("QUIT")
 	})
 }
 

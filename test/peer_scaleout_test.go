@@ -15,6 +15,7 @@ package test
 //     README's "Scaling out" configuration, both reading one MariaDB table.
 
 import (
+	"willi/internal/smtptest"
 	"willi/test/mariadb"
 
 	"fmt"
@@ -143,10 +144,10 @@ trusted = ["127.0.0.9/32"]
 			c := dialSMTP(t, w.Addr, "127.0.0.2")
 			// The header at once, as a load balancer sends it, and a
 			// command after it.
-			if _, err := c.conn.Write(append(hdr, "EHLO spoofed.example\r\n"...)); err != nil {
+			if _, err := c.Conn.Write(append(hdr, "EHLO spoofed.example\r\n"...)); err != nil {
 				t.Fatal(err)
 			}
-			soExpectClosedWithoutBanner(t, c.conn, fmt.Sprintf("untrusted PROXY v%d header", version))
+			soExpectClosedWithoutBanner(t, c.Conn, fmt.Sprintf("untrusted PROXY v%d header", version))
 		})
 	}
 
@@ -154,7 +155,7 @@ trusted = ["127.0.0.9/32"]
 		t.Run("haproxy_"+mode, func(t *testing.T) {
 			hap := startHAProxy(t, w.Addr, mode)
 			c := dialSMTP(t, hap, "127.0.0.2")
-			soExpectClosedWithoutBanner(t, c.conn, "HAProxy ("+mode+") that willi does not trust")
+			soExpectClosedWithoutBanner(t, c.Conn, "HAProxy ("+mode+") that willi does not trust")
 		})
 	}
 
@@ -493,7 +494,7 @@ func TestPeerScaleOut(t *testing.T) {
 
 	for _, variant := range []string{"readme", "roundrobin"} {
 		t.Run(variant, func(t *testing.T) {
-			front := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+			front := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 			hcfg, _ := soReadmeHAProxyConfig(t, front, addrs[0], addrs[1])
 			if variant == "roundrobin" {
 				hcfg = strings.Replace(hcfg, "balance leastconn", "balance roundrobin", 1)
@@ -568,7 +569,7 @@ func TestPeerScaleOut(t *testing.T) {
 	}
 
 	t.Run("table_change_applies_to_every_host", func(t *testing.T) {
-		front := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		front := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 		hcfg, _ := soReadmeHAProxyConfig(t, front, addrs[0], addrs[1])
 		startHAProxyConfig(t, hcfg, front)
 		root := pmRoot(t, db)

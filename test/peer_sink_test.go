@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // williTestConfig is a config for real-peer tests: debug logs, short
@@ -99,11 +101,11 @@ func TestPeerSocketActivationSink(t *testing.T) {
 			t.Run("ehlo", func(t *testing.T) {
 				addr, _, _ := sinkBehindWilli(t, mode.inetd, "")
 				c := dialSMTP(t, addr, "127.0.0.2")
-				banner := c.expect(220)
+				banner := c.Expect(220)
 				if len(banner.Lines) != 1 || !strings.HasPrefix(banner.Lines[0], "220 willi.test ESMTP") {
 					t.Errorf("banner %q, want 220 willi.test ESMTP", banner.Lines)
 				}
-				ehlo := c.cmd("EHLO client.example")
+				ehlo := c.Cmd("EHLO client.example")
 				if ehlo.Code != 250 {
 					t.Fatalf("EHLO: %q", ehlo.Lines)
 				}
@@ -121,7 +123,7 @@ func TestPeerSocketActivationSink(t *testing.T) {
 						t.Errorf("EHLO advertises %s (no [tls] / never end to end): %q", bad, ehlo.Lines)
 					}
 				}
-				if q := c.cmd("QUIT"); q.Code != 221 {
+				if q := c.Cmd("QUIT"); q.Code != 221 {
 					t.Errorf("QUIT: %q", q.Lines)
 				}
 			})
@@ -193,26 +195,26 @@ func TestPeerSocketActivationSink(t *testing.T) {
 			t.Run("raw_pipelined_two_transactions", func(t *testing.T) {
 				addr, _, dumpDir := sinkBehindWilli(t, mode.inetd, "")
 				c := dialSMTP(t, addr, "127.0.0.2")
-				c.expect(220)
-				c.cmd("EHLO client.example")
+				c.Expect(220)
+				c.Cmd("EHLO client.example")
 				msgs := [][]byte{
 					[]byte("Subject: one\r\n\r\n.\r\n..\r\nend one\r\n"),
 					[]byte("Subject: two\r\n\r\nbody two \xe4\xf6\xfc\r\n"),
 				}
 				for i, m := range msgs {
 					// MAIL, RCPT and DATA pipelined in one write.
-					c.send(fmt.Sprintf("MAIL FROM:<s%d@sender.test>\r\nRCPT TO:<bob@example.org>\r\nDATA", i))
+					c.Send(fmt.Sprintf("MAIL FROM:<s%d@sender.test>\r\nRCPT TO:<bob@example.org>\r\nDATA", i))
 					for _, want := range []int{250, 250, 354} {
-						c.expect(want)
+						c.Expect(want)
 					}
-					if _, err := c.conn.Write(append(dotStuff(m), ".\r\n"...)); err != nil {
+					if _, err := c.Conn.Write(append(smtptest.DotStuff(m), ".\r\n"...)); err != nil {
 						t.Fatal(err)
 					}
-					if rep := c.expect(250); rep.Last() != "2.0.0 Ok" {
+					if rep := c.Expect(250); rep.Last() != "2.0.0 Ok" {
 						t.Errorf("final reply %q", rep.Lines)
 					}
 				}
-				if q := c.cmd("QUIT"); q.Code != 221 {
+				if q := c.Cmd("QUIT"); q.Code != 221 {
 					t.Errorf("QUIT: %q", q.Lines)
 				}
 				// File times may tie: match each message by its sender.

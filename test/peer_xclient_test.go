@@ -11,12 +11,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // williTLSExtra is the [tls] table for a willi config with a generated
 // certificate in dir.
 func williTLSExtra(t *testing.T, dir string) string {
-	cert, key := genCert(t, dir, "willi.test")
+	cert, key := smtptest.GenCert(t, dir, "willi.test")
 	return fmt.Sprintf("\n[tls]\ncert_file = %q\nkey_file = %q\n", cert, key)
 }
 

@@ -1,11 +1,8 @@
 package test
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -92,21 +89,6 @@ func readMaildir(dir string) []string {
 	return out
 }
 
-// runCmd runs a command with a timeout and returns its combined output.
-func runCmd(timeout time.Duration, stdin []byte, name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	if stdin != nil {
-		cmd.Stdin = bytes.NewReader(stdin)
-	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out), nil
-}
-
 // ---------------------------------------------------------------------------
 // Postfix as the sending MTA
 
@@ -130,15 +112,8 @@ func startPostfixSender(t testing.TB, opts senderOpts) *postfixSender {
 	postmap := needProgram(t, "postmap")
 	needProgram(t, "sendmail")
 	needProgram(t, "postqueue")
-	uid, gid, dir := postfixInstanceDir(t, "willi-pfs-")
+	dir := postfixInstanceDir(t, "willi-pfs-")
 	p := &postfixSender{dir: dir, configDir: filepath.Join(dir, "etc")}
-	for _, d := range []string{"etc", "queue", "data", "mail"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	os.Chown(filepath.Join(dir, "data"), uid, gid)
-	os.Chown(filepath.Join(dir, "mail"), uid, gid)
 	// Local mailboxes for the sender's own domain, where bounces arrive.
 	var vmb strings.Builder
 	for _, u := range []string{"sender", "postmaster", "jörg"} {
@@ -157,50 +132,23 @@ func startPostfixSender(t testing.TB, opts senderOpts) *postfixSender {
 	if opts.TLS {
 		tlsLevel = "may"
 	}
-	mainCf := fmt.Sprintf(`# Private Postfix instance: the sending MTA of willi's tests.
-compatibility_level = 3.6
-queue_directory = %[1]s/queue
-data_directory = %[1]s/data
-mail_owner = postfix
-setgid_group = postdrop
+	mainCf := fmt.Sprintf(`# The sending MTA of willi's tests.
 myhostname = mta.%[2]s
 mydomain = %[2]s
 myorigin = %[2]s
-inet_interfaces = 127.0.0.1
-inet_protocols = ipv4
-mydestination =
-mynetworks = 127.0.0.0/8
 relayhost = [%[3]s]:%[4]s
 transport_maps = hash:%[1]s/etc/transport
-alias_maps =
-alias_database =
-local_recipient_maps =
-maillog_file = %[1]s/maillog
-maillog_file_prefixes = %[1]s
-smtp_dns_support_level = disabled
 smtp_tls_security_level = %[5]s
 smtp_tls_loglevel = 1
 smtputf8_enable = yes
-biff = no
-message_size_limit = 0
-virtual_mailbox_limit = 0
 virtual_mailbox_domains = %[2]s
-virtual_mailbox_base = %[1]s/mail
 virtual_mailbox_maps = hash:%[1]s/etc/vmailbox
-virtual_uid_maps = static:%[6]d
-virtual_gid_maps = static:%[7]d
 # One attempt per queue run; a deferred message waits for postqueue -f.
 minimal_backoff_time = 300s
 maximal_backoff_time = 4000s
 queue_run_delay = 300s
-`, dir, p.Domain(), hostOf(opts.Relay), portOf(opts.Relay), tlsLevel, uid, gid)
-	masterCf := postfixServices
-	if err := os.WriteFile(filepath.Join(p.configDir, "main.cf"), []byte(mainCf), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(p.configDir, "master.cf"), []byte(masterCf), 0o644); err != nil {
-		t.Fatal(err)
-	}
+`, dir, p.Domain(), hostOf(opts.Relay), portOf(opts.Relay), tlsLevel)
+	appendMainCf(t, p.configDir, mainCf)
 	for _, m := range []string{"vmailbox", "transport"} {
 		if _, err := runCmd(30*time.Second, nil, postmap, "-c", p.configDir, "hash:"+filepath.Join(p.configDir, m)); err != nil {
 			os.RemoveAll(dir)

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // Real sending MTAs (Postfix and Exim) through willi, started as the units
@@ -50,7 +52,7 @@ func newSenderRig(t *testing.T, name string, o senderRigOpts) *senderRig {
 		conf += fmt.Sprintf("split_recipients = %q\n", o.SplitPolicy)
 	}
 	if o.TLS {
-		cert, key := genCert(t, dir, "willi.test")
+		cert, key := smtptest.GenCert(t, dir, "willi.test")
 		conf += fmt.Sprintf("[tls]\ncert_file = %q\nkey_file = %q\n", cert, key)
 	}
 	conf += "[[mapping]]\ntype = \"csv\"\nfile = \"routes.csv\"\n"

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // TestServeSessionsRunAsUser: started as root with -user nobody, every
@@ -29,7 +31,7 @@ func TestServeSessionsRunAsUser(t *testing.T) {
 	sink, _ := startSMTPSink(t)
 	p := startServe(t, serveRoutedConfig(t, sink)) // as root: -user nobody
 	c := dialSMTP(t, p.Addr, "127.0.0.1")
-	c.expect(220)
+	c.Expect(220)
 	kids := serveChildren(p.Cmd.Process.Pid)
 	if len(kids) != 1 {
 		t.Fatalf("%d children for one session", len(kids))
@@ -61,11 +63,11 @@ func TestServeSessionsRunAsUser(t *testing.T) {
 		}
 	}
 	// And it works: a message goes through as nobody.
-	c.want250("EHLO client.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com>")
-	if r := c.data([]byte("Subject: as nobody\r\n\r\nhi\r\n")); r.Code != 250 {
+	c.Want250("EHLO client.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com>")
+	if r := c.Data([]byte("Subject: as nobody\r\n\r\nhi\r\n")); r.Code != 250 {
 		t.Fatalf("DATA: %q", r.Lines)
 	}
-	c.cmd("QUIT")
+	c.Cmd("QUIT")
 }
 
 // TestServeStressTimeout: from -stress-at sessions on, a new session gets
@@ -76,15 +78,15 @@ func TestServeStressTimeout(t *testing.T) {
 	p := startServe(t, serveRoutedConfig(t, sink), "-max-conn", "10", "-stress-at", "2", "-stress-timeout", "1s")
 
 	calm := dialSMTP(t, p.Addr, "127.0.0.1") // 1 session: no stress
-	calm.expect(220)
+	calm.Expect(220)
 	idle := dialSMTP(t, p.Addr, "127.0.0.2") // 2: under stress, stays silent
-	idle.expect(220)
+	idle.Expect(220)
 	inTx := dialSMTP(t, p.Addr, "127.0.0.3") // 3: under stress, starts a transaction
-	inTx.expect(220)
-	inTx.want250("EHLO client.example", "MAIL FROM:<a@example.org>")
+	inTx.Expect(220)
+	inTx.Want250("EHLO client.example", "MAIL FROM:<a@example.org>")
 
 	start := time.Now()
-	r, err := idle.readReply()
+	r, err := idle.ReadReply()
 	if err != nil || r.Code != 421 || !strings.Contains(r.Lines[0], "4.4.2") {
 		t.Fatalf("silent session under stress: %q %v, want 421 4.4.2", r.Lines, err)
 	}
@@ -93,14 +95,14 @@ func TestServeStressTimeout(t *testing.T) {
 	}
 	// Well past the stress timeout: the others are still served.
 	time.Sleep(1500 * time.Millisecond)
-	if r := calm.cmd("NOOP"); r.Code != 250 {
+	if r := calm.Cmd("NOOP"); r.Code != 250 {
 		t.Errorf("session started before stress: NOOP %q", r.Lines)
 	}
-	if r := inTx.cmd("RCPT TO:<b@example.com>"); r.Code != 250 {
+	if r := inTx.Cmd("RCPT TO:<b@example.com>"); r.Code != 250 {
 		t.Errorf("session in a transaction under stress: RCPT %q", r.Lines)
 	}
-	calm.cmd("QUIT")
-	inTx.cmd("QUIT")
+	calm.Cmd("QUIT")
+	inTx.Cmd("QUIT")
 }
 
 // TestServeSystemdSocket: without -listen, willi serve takes the listening
@@ -114,7 +116,7 @@ func TestServeSystemdSocket(t *testing.T) {
 	bin := buildWilli(t)
 	sink, _ := startSMTPSink(t)
 	conf := serveRoutedConfig(t, sink)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	logPath := filepath.Join(t.TempDir(), "serve.log")
 	lf, err := os.Create(logPath)
 	if err != nil {
@@ -149,14 +151,14 @@ func TestServeSystemdSocket(t *testing.T) {
 	// Two sessions one after the other: the one willi serve keeps the socket.
 	for i := range 2 {
 		c := dialSMTP(t, addr, "127.0.0.1")
-		if r := c.expect(220); !strings.Contains(r.Lines[0], "willi.test") {
+		if r := c.Expect(220); !strings.Contains(r.Lines[0], "willi.test") {
 			t.Errorf("banner %q", r.Lines[0])
 		}
-		c.want250("EHLO client.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com>")
-		if r := c.data([]byte("Subject: " + strconv.Itoa(i) + "\r\n\r\nhi\r\n")); r.Code != 250 {
+		c.Want250("EHLO client.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.com>")
+		if r := c.Data([]byte("Subject: " + strconv.Itoa(i) + "\r\n\r\nhi\r\n")); r.Code != 250 {
 			t.Fatalf("DATA: %q", r.Lines)
 		}
-		c.cmd("QUIT")
+		c.Cmd("QUIT")
 	}
 	b, _ := os.ReadFile(logPath)
 	if !strings.Contains(string(b), "systemd_socket=true") {

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // serveProc is one running `willi serve`.
@@ -34,7 +36,7 @@ type serveProc struct {
 func startServe(t testing.TB, conf string, extra ...string) *serveProc {
 	t.Helper()
 	bin := buildWilli(t)
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	addr := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	p := &serveProc{Addr: addr, LogPath: filepath.Join(t.TempDir(), "serve.log"), done: make(chan struct{})}
 	lf, err := os.Create(p.LogPath)
 	if err != nil {
@@ -182,12 +184,12 @@ func serveRoutedConfig(t testing.TB, sinkAddr string) string {
 func serveExpectRefused(t testing.TB, addr, src, code string) {
 	t.Helper()
 	c := dialSMTP(t, addr, src)
-	r := c.expect(421)
+	r := c.Expect(421)
 	if !strings.HasPrefix(r.Lines[0], "421 "+code+" willi.test ") {
 		t.Errorf("refusal %q, want 421 %s willi.test ...", r.Lines[0], code)
 	}
-	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if n, err := io.Copy(io.Discard, c.conn); err != nil || n != 0 {
+	c.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := io.Copy(io.Discard, c.Conn); err != nil || n != 0 {
 		t.Errorf("after the 421: %d more bytes, %v; want the connection closed", n, err)
 	}
 }
@@ -296,14 +298,14 @@ func TestServeLimits(t *testing.T) {
 	p := startServe(t, serveRoutedConfig(t, sink), "-max-conn", "3", "-max-per-source", "2")
 
 	a1 := dialSMTP(t, p.Addr, "127.0.0.1")
-	a1.expect(220)
+	a1.Expect(220)
 	a2 := dialSMTP(t, p.Addr, "127.0.0.1")
-	a2.expect(220)
+	a2.Expect(220)
 	// A third from 127.0.0.1: past the per-source limit.
 	serveExpectRefused(t, p.Addr, "127.0.0.1", "4.7.0")
 	// Another address still gets in: 3 sessions now.
 	b1 := dialSMTP(t, p.Addr, "127.0.0.2")
-	b1.expect(220)
+	b1.Expect(220)
 	// A fourth from a fresh address: past the overall limit (busy).
 	serveExpectRefused(t, p.Addr, "127.0.0.3", "4.3.2")
 	refused := p.waitLog(t, `msg=refused`, 2, 5*time.Second)
@@ -316,14 +318,14 @@ func TestServeLimits(t *testing.T) {
 	}
 
 	// When a session ends its slots are free again.
-	if r := a1.cmd("QUIT"); r.Code != 221 {
+	if r := a1.Cmd("QUIT"); r.Code != 221 {
 		t.Fatalf("QUIT: %q", r.Lines)
 	}
 	p.waitLog(t, `msg="child exited"`, 1, 10*time.Second)
 	a3 := dialSMTP(t, p.Addr, "127.0.0.1")
-	a3.expect(220)
-	for _, c := range []*smtpClient{a2, b1, a3} {
-		if r := c.cmd("QUIT"); r.Code != 221 {
+	a3.Expect(220)
+	for _, c := range []*smtptest.Client{a2, b1, a3} {
+		if r := c.Cmd("QUIT"); r.Code != 221 {
 			t.Errorf("QUIT: %q", r.Lines)
 		}
 	}
@@ -335,8 +337,8 @@ func TestServeSIGTERMLetsSessionFinish(t *testing.T) {
 	p := startServe(t, serveRoutedConfig(t, sink), "-grace", "30s")
 
 	c := dialSMTP(t, p.Addr, "")
-	c.expect(220)
-	c.want250("EHLO client.test", "MAIL FROM:<c@sender.test>", "RCPT TO:<late@example.com>")
+	c.Expect(220)
+	c.Want250("EHLO client.test", "MAIL FROM:<c@sender.test>", "RCPT TO:<late@example.com>")
 	kids := serveChildren(p.Cmd.Process.Pid)
 	if len(kids) != 1 {
 		t.Fatalf("want one child for the session, have %v", kids)
@@ -363,10 +365,10 @@ func TestServeSIGTERMLetsSessionFinish(t *testing.T) {
 		t.Fatal("willi serve exited with a session in progress")
 	default:
 	}
-	if r := c.data(dotStuff([]byte("Subject: after SIGTERM\r\n\r\nStill delivered.\r\n"))); r.Code != 250 {
+	if r := c.Data(smtptest.DotStuff([]byte("Subject: after SIGTERM\r\n\r\nStill delivered.\r\n"))); r.Code != 250 {
 		t.Fatalf("end of data after SIGTERM: %q", r.Lines)
 	}
-	if r := c.cmd("QUIT"); r.Code != 221 {
+	if r := c.Cmd("QUIT"); r.Code != 221 {
 		t.Fatalf("QUIT: %q", r.Lines)
 	}
 	if st := p.wait(t, 15*time.Second); st != 0 {
@@ -394,7 +396,7 @@ func TestServeGraceEndsIdleSessions(t *testing.T) {
 	p := startServe(t, serveRoutedConfig(t, sink), "-grace", "1s")
 
 	c := dialSMTP(t, p.Addr, "")
-	c.expect(220)
+	c.Expect(220)
 	kids := serveChildren(p.Cmd.Process.Pid)
 	if len(kids) != 1 {
 		t.Fatalf("want one child for the session, have %v", kids)
@@ -408,8 +410,8 @@ func TestServeGraceEndsIdleSessions(t *testing.T) {
 		t.Errorf("willi serve stopped after %v, before the 1s grace", d)
 	}
 	// The client is told and the connection closed.
-	c.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-	rest, _ := io.ReadAll(c.r)
+	c.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	rest, _ := io.ReadAll(c.Reader)
 	if len(rest) > 0 && !bytes.HasPrefix(rest, []byte("421 ")) {
 		t.Errorf("after the grace the client got %q, want a 421 or nothing", rest)
 	}

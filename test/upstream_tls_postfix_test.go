@@ -1,20 +1,16 @@
 package test
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // The [[upstream]] TLS keys against a real Postfix upstream that holds a
@@ -22,86 +18,24 @@ import (
 // certificate (smtpd_tls_ask_ccert, permit_tls_clientcerts with the
 // certificate's SHA-256 fingerprint in relay_clientcerts).
 
-// privateCA is a certificate authority made for one test.
-type privateCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	dir  string
-	File string // the CA certificate, PEM
-	n    int64
-}
-
-func newPrivateCA(t *testing.T, name string) *privateCA {
+// postfixFingerprint is the SHA-256 fingerprint of the certificate in
+// certFile as Postfix writes it (AB:CD:...), for relay_clientcerts.
+func postfixFingerprint(t *testing.T, certFile string) string {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	raw, err := os.ReadFile(certFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
+	block, _ := pem.Decode(raw)
+	if block == nil {
+		t.Fatalf("%s: no PEM block", certFile)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	ca := &privateCA{cert: cert, key: key, dir: t.TempDir(), n: 1}
-	os.Chmod(ca.dir, 0o755) // Postfix's unprivileged daemons read from it
-	ca.File = filepath.Join(ca.dir, "ca.pem")
-	writePEMFile(t, ca.File, "CERTIFICATE", der)
-	return ca
-}
-
-// issue writes a certificate for cn (and cn as DNS name) signed by the CA,
-// for servers and clients, and returns the files and the certificate's
-// SHA-256 fingerprint as Postfix writes it (AB:CD:...).
-func (ca *privateCA) issue(t *testing.T, cn string) (certFile, keyFile, fingerprint string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca.n++
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(ca.n),
-		Subject:      pkix.Name{CommonName: cn},
-		DNSNames:     []string{cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	certFile = filepath.Join(ca.dir, fmt.Sprintf("%s.crt", cn))
-	keyFile = filepath.Join(ca.dir, fmt.Sprintf("%s.key", cn))
-	writePEMFile(t, certFile, "CERTIFICATE", der)
-	writePEMFile(t, keyFile, "PRIVATE KEY", keyDER)
-	sum := sha256.Sum256(der)
+	sum := sha256.Sum256(block.Bytes)
 	hexes := make([]string, len(sum))
 	for i, b := range sum {
 		hexes[i] = fmt.Sprintf("%02X", b)
 	}
-	return certFile, keyFile, strings.Join(hexes, ":")
-}
-
-func writePEMFile(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	return strings.Join(hexes, ":")
 }
 
 // postconf sets main.cf parameters of a running instance and reloads it.
@@ -123,11 +57,12 @@ func (p *postfixInstance) postconf(t *testing.T, settings ...string) {
 // accepts mail only from clients presenting a certificate it knows, over an
 // address route verified with a private CA and server_name.
 func TestUpstreamTLSPostfixClientCertificate(t *testing.T) {
-	ca := newPrivateCA(t, "Relay CA")
-	other := newPrivateCA(t, "Other CA")
-	srvCert, srvKey, _ := ca.issue(t, "relay.example.net")
-	clientCert, clientKey, clientFP := ca.issue(t, "willi.example.net")
-	strangerCert, strangerKey, _ := ca.issue(t, "stranger.example.net")
+	ca := smtptest.NewCA(t, "Relay CA")
+	other := smtptest.NewCA(t, "Other CA")
+	srvCert, srvKey := ca.Issue(t, "relay.example.net", "relay.example.net")
+	clientCert, clientKey := ca.Issue(t, "willi.example.net", "willi.example.net")
+	clientFP := postfixFingerprint(t, clientCert)
+	strangerCert, strangerKey := ca.Issue(t, "stranger.example.net", "stranger.example.net")
 
 	up := startPostfix(t, postfixOpts{TLS: true, XClient: true})
 	relayCerts := filepath.Join(up.ConfigDir, "relay_clientcerts")
@@ -159,21 +94,21 @@ func TestUpstreamTLSPostfixClientCertificate(t *testing.T) {
 	}
 	// send runs one transaction to alice and returns RCPT's reply and, when
 	// accepted, the delivered message.
-	send := func(t *testing.T) (smtpReply, string) {
+	send := func(t *testing.T) (smtptest.Reply, string) {
 		t.Helper()
 		c := dialSMTP(t, w.Addr, "")
-		c.expect(220)
-		c.want250("EHLO client.example.org")
-		c.want250("MAIL FROM:<a@example.org>")
-		rcpt := c.cmd("RCPT TO:<alice@example.org>")
+		c.Expect(220)
+		c.Want250("EHLO client.example.org")
+		c.Want250("MAIL FROM:<a@example.org>")
+		rcpt := c.Cmd("RCPT TO:<alice@example.org>")
 		if rcpt.Code != 250 {
-			c.cmd("QUIT")
+			c.Cmd("QUIT")
 			return rcpt, ""
 		}
-		if rep := c.data([]byte("Subject: client certificate\r\n\r\nhello\r\n")); rep.Code != 250 {
+		if rep := c.Data([]byte("Subject: client certificate\r\n\r\nhello\r\n")); rep.Code != 250 {
 			t.Fatalf("end of data: %q", rep.Lines)
 		}
-		c.cmd("QUIT")
+		c.Cmd("QUIT")
 		return rcpt, up.waitMail(t, "alice", 30*time.Second)
 	}
 	full := fmt.Sprintf("ca_file = %q\nserver_name = \"relay.example.net\"\ncert_file = %q\nkey_file = %q\nmin_version = \"1.3\"",

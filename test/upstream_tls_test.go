@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"willi/internal/smtptest"
 )
 
 // TestUpstreamTLSVerifyHostName: with tls_verify on and the upstream's
@@ -22,8 +24,8 @@ import (
 func TestUpstreamTLSVerifyHostName(t *testing.T) {
 	bin := buildWilli(t)
 	dir := t.TempDir()
-	goodCert, goodKey := genCert(t, dir, "localhost")
-	otherCert, otherKey := genCert(t, dir, "other.test")
+	goodCert, goodKey := smtptest.GenCert(t, dir, "localhost")
+	otherCert, otherKey := smtptest.GenCert(t, dir, "other.test")
 	anchors := filepath.Join(dir, "anchors.pem")
 	var pemData []byte
 	for _, f := range []string{goodCert, otherCert} {
@@ -64,19 +66,19 @@ func TestUpstreamTLSVerifyHostName(t *testing.T) {
 				t.Fatal(err)
 			}
 			p := startWilliPipes(t, bin, cfgPath, "SSL_CERT_FILE="+anchors, "SSL_CERT_DIR="+dir)
-			c := newSMTPClient(t, p.Conn)
-			c.expect(220)
-			if rep := c.cmd("EHLO client.example.org"); rep.Code != 250 {
+			c := smtptest.NewClient(t, p.Conn)
+			c.Expect(220)
+			if rep := c.Cmd("EHLO client.example.org"); rep.Code != 250 {
 				t.Fatalf("EHLO: %q", rep.Lines)
 			}
-			if rep := c.cmd("MAIL FROM:<a@example.org>"); rep.Code != 250 {
+			if rep := c.Cmd("MAIL FROM:<a@example.org>"); rep.Code != 250 {
 				t.Fatalf("MAIL: %q", rep.Lines)
 			}
-			rep := c.cmd("RCPT TO:<b@example.net>")
+			rep := c.Cmd("RCPT TO:<b@example.net>")
 			if tc.ok != (rep.Code == 250) || !tc.ok && rep.Code/100 != 4 {
 				t.Fatalf("RCPT: %q", rep.Lines)
 			}
-			c.cmd("QUIT")
+			c.Cmd("QUIT")
 			u := <-got
 			if u == nil {
 				t.Fatal("willi did not connect")

@@ -101,7 +101,13 @@ mariadbd --no-defaults --datadir="$dir/data" --user=root --skip-name-resolve \
 	--innodb-log-file-size=4M --innodb-buffer-pool-size=16M \
 	--innodb-flush-log-at-trx-commit=0 --innodb-doublewrite=0 --innodb-flush-method=nosync \
 	2>>"$dir/error.log" &
-pid=$!
+` + WatchdogEnd
+
+// WatchdogEnd ends a watchdog shell that has just started a server in the
+// background in its folder $dir: it waits until the test closes the shell's
+// standard input (or exits), then kills the server (SIGKILL: a host that
+// dies) and removes the folder.
+const WatchdogEnd = `pid=$!
 cat >/dev/null || true  # until the test process closes our stdin (or exits)
 kill -9 $pid 2>/dev/null || true
 wait $pid 2>/dev/null || true
