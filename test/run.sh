@@ -25,8 +25,13 @@ go test -count=1 -timeout 30m ./test/...
 fuzztime=${FUZZTIME:-20000x}
 for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' ./*_test.go | sed 's/^func //' | sort -u); do
 	echo "fuzz $target ($fuzztime)"
+	rm -f "${TMPDIR:-/tmp}"/willi-fuzz-crash-*.txt
 	go test -run '^$' -fuzz "^${target}\$" -fuzztime "$fuzztime" . >/tmp/willi-fuzz.log 2>&1 || {
 		cat /tmp/willi-fuzz.log
+		# What a worker printed as it died (Go's fuzzer discards it).
+		for crash in "${TMPDIR:-/tmp}"/willi-fuzz-crash-*.txt; do
+			[ -s "$crash" ] && { echo "== $crash"; head -c 20000 "$crash"; }
+		done
 		exit 1
 	}
 done
