@@ -746,14 +746,16 @@ func hasNonASCII(s string) bool {
 
 // resetTx ends the transaction (RSET, the end of data): its log line if
 // none was written yet, RSET for its upstream transactions. The
-// connections it used are kept for the next transaction and those it did
-// not are let go, so a session keeps no more connections than its last
-// transaction needed.
+// connections it used are kept for the next transaction and, when it used
+// any, those it did not are let go: a session keeps no more connections
+// than its last transaction to reach an upstream needed.
 func (s *Session) resetTx() {
 	if s.tx == nil {
 		return
 	}
-	s.endUpstreams()
+	if len(s.tx.legs) > 0 || len(s.tx.spare) > 0 {
+		s.endUpstreams()
+	}
 	s.endTx(func(u *upstream) {
 		u.reset()
 		if u.usable() {
