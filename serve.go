@@ -265,9 +265,9 @@ func (s *server) handle(c *net.TCPConn) {
 	// The reaper looks a child up as soon as it exits: it is entered
 	// before the reaper can see it.
 	s.mu.Lock()
-	cmd, err := s.start(c, ip, port, stressed)
+	pid, err := s.start(c, ip, port, stressed)
 	if err == nil {
-		s.children[cmd.Process.Pid] = &child{cmd: cmd, key: key, remote: remote, start: time.Now()}
+		s.children[pid] = &child{pid: pid, key: key, remote: remote, start: time.Now()}
 		s.wg.Add(1)
 	}
 	s.mu.Unlock()
@@ -277,16 +277,16 @@ func (s *server) handle(c *net.TCPConn) {
 		go serveRefuse(c, s.hostname, refuseUnavailable)
 		return
 	}
-	s.log.Debug("child started", "pid", cmd.Process.Pid, "remote", remote, "stress", stressed)
+	s.log.Debug("child started", "pid", pid, "remote", remote, "stress", stressed)
 }
 
 // start hands the connection to a new child as standard input and output.
 // Our copies of the socket are closed once the child has its own; without
 // a child the connection stays open, for the caller's refusal.
-func (s *server) start(c *net.TCPConn, ip string, port int, stressed bool) (*exec.Cmd, error) {
+func (s *server) start(c *net.TCPConn, ip string, port int, stressed bool) (pid int, err error) {
 	f, err := c.File() // a blocking duplicate, as inetd hands it over
 	if err != nil {
-		return nil, err
+		return 0, err
 	}
 	defer f.Close()
 
@@ -309,10 +309,13 @@ func (s *server) start(c *net.TCPConn, ip string, port int, stressed bool) (*exe
 		if rc, rerr := c.SyscallConn(); rerr == nil {
 			rc.Control(func(fd uintptr) { syscall.SetNonblock(int(fd), true) })
 		}
-		return nil, err
+		return 0, err
 	}
 	c.Close()
-	return cmd, nil
+	// The reaper collects the child by its PID (serve_reap.go).
+	pid = cmd.Process.Pid
+	cmd.Process.Release()
+	return pid, nil
 }
 
 // serveChildEnv is our environment without socket-activation variables
@@ -368,7 +371,8 @@ func (s *server) drain(sigs <-chan os.Signal) {
 func (s *server) signalAll(sig syscall.Signal) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, ch := range s.children {
-		ch.cmd.Process.Signal(sig)
+	// Safe by PID: a child is reaped, and its PID freed, only under s.mu.
+	for pid := range s.children {
+		syscall.Kill(pid, sig)
 	}
 }

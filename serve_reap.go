@@ -3,14 +3,13 @@ package main
 import (
 	"errors"
 	"os"
-	"os/exec"
 	"syscall"
 	"time"
 )
 
 // child is one session willi serve started.
 type child struct {
-	cmd    *exec.Cmd
+	pid    int
 	key    string // its source, for the per-source count
 	remote string
 	start  time.Time
@@ -44,7 +43,6 @@ func (s *server) reapOne() bool {
 	case ch == nil:
 		return true // not a session: willi serve starts no other process
 	}
-	ch.cmd.Process.Release()
 	s.release(ch.key)
 	attrs := []any{"pid", pid, "remote", ch.remote, "duration", time.Since(ch.start).Round(time.Millisecond).String()}
 	switch {
