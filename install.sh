@@ -184,8 +184,8 @@ do_install() {
 	fi
 	if systemd_running && systemctl -q is-active willi-serve.socket 2>/dev/null; then
 		say "willi-serve.socket is active: new sessions run the new program;"
-		say "  systemctl restart willi-serve.service also restarts willi serve itself"
-		say "  (sessions in progress finish first; new connections wait meanwhile)."
+		say "  systemctl reload willi-serve.service runs it for willi serve itself"
+		say "  (in place: sessions in progress go on, new connections do not wait)."
 		return 0
 	fi
 	cat <<EOF

@@ -85,7 +85,8 @@ func runServe(args []string) int {
 		return 2
 	}
 	activated := os.Getenv("LISTEN_FDS") != ""
-	if o.listen == "" && !activated {
+	_, reloaded := os.LookupEnv(serveFDEnv)
+	if o.listen == "" && !activated && !reloaded {
 		fmt.Fprintln(os.Stderr, "willi serve: -listen is required (or a listening socket passed by systemd)")
 		fs.Usage()
 		return 2
@@ -128,35 +129,64 @@ func runServe(args []string) int {
 		log.Error("cannot find own executable", "err", err)
 		return 1
 	}
-	ln, err := serveListener(o.listen, activated)
+	// After a reload: the socket and the sessions of the program before.
+	ln, inherited, err := takeOver()
 	if err != nil {
-		log.Error("listen", "listen", o.listen, "err", err)
+		log.Error("reload: cannot take over", "err", err)
 		return 1
+	}
+	if ln == nil {
+		if ln, err = serveListener(o.listen, activated); err != nil {
+			log.Error("listen", "listen", o.listen, "err", err)
+			return 1
+		}
 	}
 	s := &server{opts: o, exe: exe, log: log, hostname: cfg.Hostname, cred: cred,
 		perSource: map[string]int{}, children: map[int]*child{}}
+	for pid, ch := range inherited {
+		s.children[pid] = ch
+		s.total++
+		s.perSource[ch.key]++
+		s.wg.Add(1)
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, syscall.SIGCHLD)
 	defer signal.Stop(sigchld)
+	sigchld <- syscall.SIGCHLD // sessions that ended during a reload
 	go s.reapChildren(sigchld)
 
 	log.Info("listening", "listen", ln.Addr().String(), "systemd_socket", o.listen == "", "config", o.config,
 		"user", cred.name, "max_conn", o.maxConn, "max_per_source", o.maxPerSource,
-		"stress_at", o.stressAt, "stress_timeout", o.stressTimeout.String(), "grace", o.grace.String(), "pid", os.Getpid())
+		"stress_at", o.stressAt, "stress_timeout", o.stressTimeout.String(), "grace", o.grace.String(),
+		"pid", os.Getpid(), "version", version, "sessions_taken_over", len(inherited))
 	acceptDone := make(chan error, 1)
 	go func() { acceptDone <- s.acceptLoop(ln) }()
 
 	status := 0
-	select {
-	case sig := <-sigs:
-		log.Info("stopping: no new connections", "signal", sig.String(), "sessions", s.active())
-	case err := <-acceptDone:
-		log.Error("accept failed; stopping", "err", err)
-		status = 1
+serving:
+	for {
+		select {
+		case sig := <-sigs:
+			log.Info("stopping: no new connections", "signal", sig.String(), "sessions", s.active())
+			break serving
+		case err := <-acceptDone:
+			log.Error("accept failed; stopping", "err", err)
+			status = 1
+			break serving
+		case <-hup:
+			if ln = s.reload(ln, acceptDone); ln == nil {
+				log.Error("reload: the listening socket is lost; stopping")
+				return 1
+			}
+			go func() { acceptDone <- s.acceptLoop(ln) }()
+		}
 	}
 	// Under systemd this closes only our copy: the socket unit keeps
 	// listening and the kernel queues new connections for the next serve.

@@ -35,7 +35,12 @@ type serveProc struct {
 // and waits until it listens. The cleanup stops it if the test did not.
 func startServe(t testing.TB, conf string, extra ...string) *serveProc {
 	t.Helper()
-	bin := buildWilli(t)
+	return startServeBin(t, buildWilli(t), conf, extra...)
+}
+
+// startServeBin is startServe with the program at bin.
+func startServeBin(t testing.TB, bin, conf string, extra ...string) *serveProc {
+	t.Helper()
 	addr := fmt.Sprintf("127.0.0.1:%d", smtptest.FreePort(t))
 	p := &serveProc{Addr: addr, LogPath: filepath.Join(t.TempDir(), "serve.log"), done: make(chan struct{})}
 	lf, err := os.Create(p.LogPath)

@@ -172,21 +172,20 @@ ip addr add 2001:db8:0:3::1/64 dev lo nodad`)
 	}
 }
 
-// TestSystemdServeRestart: systemctl restart willi-serve.service lets a
-// session in progress finish its message, and a client that connects
-// during the restart is served by the new willi serve.
-func TestSystemdServeRestart(t *testing.T) {
-	c := installedContainer(t)
-	c.sh("systemctl enable --now willi-serve.socket")
-	before := strings.TrimSpace(c.sh("systemctl show -p MainPID --value willi-serve.service"))
-	type result struct {
-		out string
-		err error
-	}
-	session := make(chan result, 1)
+// ctResult is what a command in the container printed, and its error.
+type ctResult struct {
+	out string
+	err error
+}
+
+// messageAcross starts a session that goes into DATA and, once action has
+// begun, ends its message 3 s later; it returns the session's transcript.
+func (c *container) messageAcross(action func()) ctResult {
+	c.t.Helper()
+	session := make(chan ctResult, 1)
 	go func() {
-		// Into DATA, then the restart begins; the message ends 3 s later.
-		out, err := c.run("bash", "-ec", `exec 3<>/dev/tcp/127.0.0.1/25
+		out, err := c.run("bash", "-ec", `rm -f /run/in-data
+exec 3<>/dev/tcp/127.0.0.1/25
 say() { printf '%s\r\n' "$1" >&3; }
 reply() { while IFS= read -r l <&3; do echo "$l"; case $l in [0-9][0-9][0-9]" "*) return;; esac; done; }
 reply; say "EHLO client.example"; reply
@@ -197,29 +196,39 @@ touch /run/in-data
 sleep 3
 say "Subject: across a restart"; say ""; say "body"; say "."; reply
 say QUIT; reply`)
-		session <- result{out, err}
+		session <- ctResult{out, err}
 	}()
 	c.sh("for i in $(seq 100); do [ -e /run/in-data ] && exit 0; sleep 0.1; done; exit 1")
-	restart := make(chan result, 1)
-	go func() {
-		out, err := c.run("systemctl", "restart", "willi-serve.service")
-		restart <- result{out, err}
-	}()
-	time.Sleep(500 * time.Millisecond)
-	// Connects while the old willi serve drains: waits in the socket's
-	// backlog, then gets the new one's banner.
-	l := c.smtpload("-addr", "127.0.0.1:25", "-mail", "-n", "1", "-timeout", "60s")
+	action()
 	s := <-session
-	r := <-restart
-	if r.err != nil {
-		t.Fatalf("systemctl restart: %v\n%s", r.err, r.out)
+	if s.err != nil || strings.Count(s.out, "\n250 ") < 3 || !strings.Contains(s.out, "221 ") { // EHLO's last line, MAIL, RCPT, message
+		c.t.Errorf("the message across it was not accepted: %v\n%s", s.err, s.out)
 	}
-	if s.err != nil || !strings.Contains(s.out, "250 ") || !strings.Contains(s.out, "221 ") {
-		t.Errorf("the session across the restart: %v\n%s", s.err, s.out)
-	}
-	if strings.Count(s.out, "\n250 ") < 3 { // EHLO's last line, MAIL, RCPT, message
-		t.Errorf("the message across the restart was not accepted:\n%s", s.out)
-	}
+	return s
+}
+
+// TestSystemdServeRestart: systemctl restart willi-serve.service lets a
+// session in progress finish its message, and a client that connects
+// during the restart is served by the new willi serve.
+func TestSystemdServeRestart(t *testing.T) {
+	c := installedContainer(t)
+	c.sh("systemctl enable --now willi-serve.socket")
+	before := strings.TrimSpace(c.sh("systemctl show -p MainPID --value willi-serve.service"))
+	var l load
+	c.messageAcross(func() {
+		restart := make(chan ctResult, 1)
+		go func() {
+			out, err := c.run("systemctl", "restart", "willi-serve.service")
+			restart <- ctResult{out, err}
+		}()
+		time.Sleep(500 * time.Millisecond)
+		// Connects while the old willi serve drains: waits in the socket's
+		// backlog, then gets the new one's banner.
+		l = c.smtpload("-addr", "127.0.0.1:25", "-mail", "-n", "1", "-timeout", "60s")
+		if r := <-restart; r.err != nil {
+			t.Fatalf("systemctl restart: %v\n%s", r.err, r.out)
+		}
+	})
 	if l.n("ok") != 1 {
 		t.Errorf("a client connecting during the restart: %s", l["output"])
 	}
@@ -228,4 +237,37 @@ say QUIT; reply`)
 		t.Errorf("willi serve was not restarted: MainPID %s, then %s", before, after)
 	}
 	c.normalSession("after the restart")
+}
+
+// TestSystemdServeReload: systemctl reload willi-serve.service re-executes
+// willi serve in place (the program file an upgrade left at its path): the
+// same main process, a session in progress finishes its message, and
+// clients that connect meanwhile are served at once, not after a drain.
+func TestSystemdServeReload(t *testing.T) {
+	c := installedContainer(t)
+	c.sh("systemctl enable --now willi-serve.socket")
+	c.normalSession("before the reload")
+	before := strings.TrimSpace(c.sh("systemctl show -p MainPID --value willi-serve.service"))
+	var l load
+	c.messageAcross(func() {
+		c.sh("systemctl reload willi-serve.service")
+		l = c.smtpload("-addr", "127.0.0.1:25", "-mail", "-n", "5", "-timeout", "60s")
+	})
+	t.Logf("5 sessions right after the reload: %s", strings.TrimSpace(l["output"]))
+	if l.n("ok") != 5 {
+		t.Errorf("clients connecting right after the reload: %s", l["output"])
+	}
+	after := strings.TrimSpace(c.sh("systemctl show -p MainPID --value willi-serve.service"))
+	if after != before {
+		t.Errorf("willi serve's MainPID changed across a reload: %s, then %s", before, after)
+	}
+	log := c.sh("journalctl -u willi-serve.service --no-pager -o cat")
+	for _, want := range []string{`msg="reloading: re-executing"`, "sessions_taken_over=1"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("journal lacks %s:\n%s", want, log)
+		}
+	}
+	if a := c.active("willi-serve.service"); a != "active" {
+		t.Errorf("willi-serve.service is %s after the reload", a)
+	}
 }
