@@ -78,7 +78,8 @@ func deployOpenDir(t testing.TB) string {
 	return d
 }
 
-// deployCopy copies a file, keeping its permission bits.
+// deployCopy copies a file, keeping its permission bits (a release's
+// files, or a program to run from a folder of its own).
 func deployCopy(t testing.TB, from, to string) {
 	t.Helper()
 	fi, err := os.Stat(from)

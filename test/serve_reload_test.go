@@ -24,7 +24,7 @@ func TestServeReloadUpgrades(t *testing.T) {
 	sink, dump := startSMTPSink(t)
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "willi")
-	copyFile(t, buildWilli(t), bin)
+	deployCopy(t, buildWilli(t), bin)
 	conf := serveRoutedConfig(t, sink)
 	p := startServeBin(t, bin, conf, "-grace", "30s")
 	pid := p.Cmd.Process.Pid
@@ -98,16 +98,5 @@ func TestServeReloadUpgrades(t *testing.T) {
 	p.Cmd.Process.Signal(syscall.SIGTERM)
 	if st := p.wait(t, 20*time.Second); st != 0 {
 		t.Errorf("willi serve exit status %d, want 0", st)
-	}
-}
-
-func copyFile(t testing.TB, from, to string) {
-	t.Helper()
-	b, err := os.ReadFile(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(to, b, 0o755); err != nil {
-		t.Fatal(err)
 	}
 }
