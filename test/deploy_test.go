@@ -354,13 +354,19 @@ func TestDeployInstallRefusesNonRootWithoutDestdir(t *testing.T) {
 }
 
 // deploySystemdRoot installs into a scratch root that also holds the host's
-// systemd units (sysinit.target and friends), so that systemd-analyze
-// --root= checks the installed units against the installed binary.
+// systemd units (sysinit.target and friends) and /bin/sh (ExecReload=), so
+// that systemd-analyze --root= checks the installed units against the
+// installed binary.
 func deploySystemdRoot(t testing.TB) string {
 	t.Helper()
 	release := deployStageRelease(t)
 	root := t.TempDir()
 	deployInstall(t, release, root)
+	sh, err := filepath.EvalSymlinks("/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deployCopy(t, sh, filepath.Join(root, "bin/sh"))
 	for _, d := range []string{"/usr/lib/systemd/system", "/lib/systemd/system"} {
 		if fi, err := os.Stat(d); err == nil && fi.IsDir() {
 			dst := filepath.Join(root, "usr/lib/systemd")
