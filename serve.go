@@ -181,16 +181,23 @@ serving:
 			status = 1
 			break serving
 		case <-hup:
-			if ln = s.reload(ln, acceptDone); ln == nil {
+			next, stopped := s.reload(ln, acceptDone)
+			if !stopped {
+				continue
+			}
+			if ln = next; ln == nil {
 				log.Error("reload: the listening socket is lost; stopping")
-				return 1
+				status = 1
+				break serving
 			}
 			go func() { acceptDone <- s.acceptLoop(ln) }()
 		}
 	}
 	// Under systemd this closes only our copy: the socket unit keeps
 	// listening and the kernel queues new connections for the next serve.
-	ln.Close()
+	if ln != nil {
+		ln.Close()
+	}
 	if status == 0 {
 		<-acceptDone
 	}

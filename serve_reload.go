@@ -24,34 +24,35 @@ const (
 	serveSessionsEnv = "WILLI_SERVE_SESSIONS" // the children (formatSessions)
 )
 
-// reload stops accepting on ln and re-executes; when that fails it logs
-// why and returns the listener to go on with (nil if the socket is lost).
-// The accept loop on ln must be running; the caller restarts it.
-func (s *server) reload(ln net.Listener, acceptDone <-chan error) net.Listener {
+// reload re-executes willi serve. When the config does not load, or the
+// socket cannot be handed on, it logs why and changes nothing (stopped is
+// false: the accept loop on ln goes on). Otherwise it stops accepting on
+// ln; it returns only if the exec failed, with the listener to serve on
+// (nil if the socket is lost), for the caller to start accepting again.
+func (s *server) reload(ln net.Listener, acceptDone <-chan error) (next net.Listener, stopped bool) {
+	// A config that does not load would stop the new program at once.
+	if _, err := loadConfig(s.opts.config); err != nil {
+		s.log.Error("reload failed; serving on", "err", "config is not usable: "+strings.ReplaceAll(err.Error(), "\n", "; "))
+		return ln, false
+	}
 	fd, err := inheritableListenerFD(ln)
 	if err != nil {
-		s.log.Error("reload: cannot hand on the listening socket; serving on", "err", err)
-		return ln
+		s.log.Error("reload failed; serving on", "err", "cannot hand on the listening socket: "+err.Error())
+		return ln, false
 	}
 	s.log.Info("reloading: re-executing", "program", s.exe, "sessions", s.active())
 	// Connections arriving from now on wait in the socket's backlog for
 	// the next program.
 	ln.Close()
 	<-acceptDone
-	next, err := s.reexec(fd)
+	err = s.reexec(fd)
 	s.log.Error("reload failed; serving on", "err", err)
-	return next
+	return resumeListener(fd), true
 }
 
 // reexec replaces this process with the program at s.exe, handing it the
-// listener's socket and the children. It returns only if that failed,
-// with the socket as a new listener to serve on; the caller has stopped
-// accepting on ln (closed it) and the accept loop has returned.
-func (s *server) reexec(fd int) (net.Listener, error) {
-	// A config that does not load would stop the new program at once.
-	if _, err := loadConfig(s.opts.config); err != nil {
-		return resumeListener(fd), fmt.Errorf("config is not usable: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
-	}
+// listening socket fd and the children; it returns only if that failed.
+func (s *server) reexec(fd int) error {
 	env := make([]string, 0, len(os.Environ())+2)
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
@@ -61,10 +62,9 @@ func (s *server) reexec(fd int) (net.Listener, error) {
 	}
 	// The children stay ours across the exec: none is reaped meanwhile.
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	env = append(env, serveFDEnv+"="+strconv.Itoa(fd), serveSessionsEnv+"="+formatSessions(s.children))
-	err := syscall.Exec(s.exe, os.Args, env)
-	s.mu.Unlock()
-	return resumeListener(fd), err
+	return syscall.Exec(s.exe, os.Args, env)
 }
 
 // inheritableListenerFD returns a duplicate of ln's socket that survives
