@@ -159,7 +159,10 @@ func runServe(args []string) int {
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, syscall.SIGCHLD)
 	defer signal.Stop(sigchld)
-	sigchld <- syscall.SIGCHLD // sessions that ended during a reload
+	select {
+	case sigchld <- syscall.SIGCHLD: // sessions that ended during a reload
+	default: // one is pending already
+	}
 	go s.reapChildren(sigchld)
 
 	log.Info("listening", "listen", ln.Addr().String(), "systemd_socket", o.listen == "", "config", o.config,
