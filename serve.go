@@ -96,6 +96,11 @@ func runServe(args []string) int {
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("component", "serve")
+	// At once: a SIGHUP's default action would end willi serve, and a
+	// reload may follow a reload's new start closely.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	if fit := sessionsWithinTasks(); fit > 0 && o.maxConn > fit {
 		log.Warn("the task limit (TasksMax=) holds fewer sessions than -max-conn: taking no more than it holds",
 			"max_conn_asked", o.maxConn, "max_conn", fit, "tasks_per_session", serveTasksPerSession)
@@ -153,9 +158,6 @@ func runServe(args []string) int {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, syscall.SIGCHLD)
 	defer signal.Stop(sigchld)
