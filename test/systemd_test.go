@@ -6,6 +6,9 @@ package test
 
 import (
 	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -269,5 +272,40 @@ func TestSystemdServeReload(t *testing.T) {
 	}
 	if a := c.active("willi-serve.service"); a != "active" {
 		t.Errorf("willi-serve.service is %s after the reload", a)
+	}
+}
+
+// TestSystemdUpgradeInPlace: the README's upgrade, under load: a newer
+// release's install.sh over the running willi-serve.socket, then systemctl
+// reload willi-serve.service. A message in progress across both is
+// delivered, willi serve keeps its PID and now runs the new version, and
+// the install kept the config.
+func TestSystemdUpgradeInPlace(t *testing.T) {
+	c := installedContainer(t)
+	dir := t.TempDir()
+	if out, err := exec.Command("make", "-s", "release", "DIST="+dir, "RELEASE_VERSION=v9.9.9-upgrade").CombinedOutput(); err != nil {
+		t.Fatalf("make release: %v\n%s", err, out)
+	}
+	c.put(filepath.Join(dir, "willi-v9.9.9-upgrade.tar.gz"), "/root/willi-v9.9.9-upgrade.tar.gz", 0o644)
+	c.sh("systemctl enable --now willi-serve.socket")
+	c.normalSession("before the upgrade")
+	before := strings.TrimSpace(c.sh("systemctl show -p MainPID --value willi-serve.service"))
+	c.messageAcross(func() {
+		out := c.sh(`cd /root && tar xzf willi-v9.9.9-upgrade.tar.gz && cd willi-v9.9.9-upgrade && ./install.sh
+systemctl reload willi-serve.service`)
+		if !strings.Contains(out, "systemctl reload willi-serve.service") {
+			t.Errorf("install.sh does not tell how willi serve takes the upgrade:\n%s", out)
+		}
+	})
+	c.normalSession("after the upgrade")
+	if after := strings.TrimSpace(c.sh("systemctl show -p MainPID --value willi-serve.service")); after != before {
+		t.Errorf("willi serve's MainPID changed: %s, then %s", before, after)
+	}
+	log := c.sh("journalctl -u willi-serve.service --no-pager -o cat")
+	if !regexp.MustCompile(`msg=listening .*version=v9\.9\.9-upgrade sessions_taken_over=1`).MatchString(log) {
+		t.Errorf("willi serve does not run the new version with the session taken over:\n%s", log)
+	}
+	if conf := c.sh("cat /opt/willi/etc/willi.conf"); !strings.Contains(conf, `hostname = "mx.test.example"`) {
+		t.Errorf("the upgrade changed the config:\n%s", conf)
 	}
 }
