@@ -189,6 +189,15 @@ func (c *container) normalSession(what string) {
 	}
 }
 
+// whileHeld runs script in the container while a session on port 25 is
+// held open (after its banner, before its QUIT); the output has the
+// script's lines between "banner: ..." and "bye: ...".
+func (c *container) whileHeld(script string) string {
+	c.t.Helper()
+	return c.sh("exec 3<>/dev/tcp/127.0.0.1/25\nread -r banner <&3\necho \"banner: $banner\"\n" +
+		script + "\nprintf 'QUIT\\r\\n' >&3\nread -r bye <&3\necho \"bye: $bye\"")
+}
+
 // active is systemctl is-active UNIT.
 func (c *container) active(unit string) string {
 	out, _ := c.run("systemctl", "is-active", unit)

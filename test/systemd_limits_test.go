@@ -99,17 +99,16 @@ echo "peak_memory=$(cat "$m/memory.max_usage_in_bytes" 2>/dev/null || cat /sys/f
 
 	// One session held under the per-connection pair: its instance's limits.
 	c.sh("systemctl disable --now willi-serve.socket willi-serve.service && systemctl enable --now willi.socket")
-	out = c.sh(fmt.Sprintf(`exec 3<>/dev/tcp/127.0.0.1/25
-read -r banner <&3
-unit=$(systemctl list-units --no-legend --plain 'willi@*.service' | awk '{ print $1; exit }')
+	out = c.whileHeld(`unit=$(systemctl list-units --no-legend --plain 'willi@*.service' | awk '{ print $1; exit }')
 echo "unit=$unit"
 set -- "$unit"
-%s
-printf 'QUIT\r\n' >&3
-read -r bye <&3`, cgroupScript))
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	unit := strings.TrimPrefix(lines[0], "unit=")
-	f := strings.Fields(lines[len(lines)-1])
+` + cgroupScript)
+	lines := strings.Split(strings.TrimSpace(out), "\n") // banner, unit, limits, bye
+	if len(lines) != 4 {
+		t.Fatalf("held session under willi.socket: %q", out)
+	}
+	unit := strings.TrimPrefix(lines[1], "unit=")
+	f := strings.Fields(lines[2])
 	if !strings.HasPrefix(unit, "willi@") || len(f) != 4 {
 		t.Fatalf("held session under willi.socket: %q", out)
 	}

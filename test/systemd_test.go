@@ -30,17 +30,11 @@ func TestSystemdPerConnectionUnits(t *testing.T) {
 		t.Fatalf("5 sessions with a message each: %s", l["output"])
 	}
 	// A session held open: its unit, user and sandbox.
-	out := c.sh(`exec 3<>/dev/tcp/127.0.0.1/25
-read -r banner <&3
-echo "banner: $banner"
-unit=$(systemctl list-units --no-legend --plain 'willi@*.service' | awk '{ print $1; exit }')
+	out := c.whileHeld(`unit=$(systemctl list-units --no-legend --plain 'willi@*.service' | awk '{ print $1; exit }')
 echo "unit: $unit"
 pid=$(systemctl show -p MainPID --value "$unit")
 echo "user: $(ps -o user= -p "$pid")"
-grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/$pid/status
-printf 'QUIT\r\n' >&3
-read -r bye <&3
-echo "bye: $bye"`)
+grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/$pid/status`)
 	for _, want := range []string{"banner: 220 mx.test.example ESMTP", "unit: willi@", "user: willi", "CapEff:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2", "bye: 221"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("held session: no %q in:\n%s", want, out)
@@ -113,15 +107,9 @@ func TestSystemdServeUnits(t *testing.T) {
 	if l := c.smtpload("-addr", "127.0.0.1:25", "-mail", "-n", "5", "-c", "2"); l.n("ok") != 5 {
 		t.Fatalf("5 sessions with a message each: %s", l["output"])
 	}
-	out := c.sh(`exec 3<>/dev/tcp/127.0.0.1/25
-read -r banner <&3
-echo "banner: $banner"
-main=$(systemctl show -p MainPID --value willi-serve.service)
+	out := c.whileHeld(`main=$(systemctl show -p MainPID --value willi-serve.service)
 echo "serve: $(ps -o user=,args= -p "$main")"
-for pid in $(ps -o pid= --ppid "$main"); do echo "session: $(ps -o user= -p "$pid")"; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/$pid/status; done
-printf 'QUIT\r\n' >&3
-read -r bye <&3
-echo "bye: $bye"`)
+for pid in $(ps -o pid= --ppid "$main"); do echo "session: $(ps -o user= -p "$pid")"; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/$pid/status; done`)
 	for _, want := range []string{"banner: 220 mx.test.example ESMTP", "serve: willi    /opt/willi/bin/willi serve", "session: willi", "CapEff:\t0000000000000000", "NoNewPrivs:\t1", "Seccomp:\t2", "bye: 221"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("held session: no %q in:\n%s", want, out)
