@@ -139,7 +139,7 @@ func (s *Session) forward(head string, body []byte) *Reply {
 }
 
 // endData sends the end of data to one leg at a time, waiting for each
-// verdict. At the first that is not 250, the legs not yet ended are closed
+// verdict. At the first that is not 2xx, the legs not yet ended are closed
 // without their end of data (they discard the message) and that verdict is
 // the client's: under fanout, only legs that already said 250 may then
 // hold the message, and each such case is logged.
@@ -164,7 +164,7 @@ func (s *Session) endData() *Reply {
 		if err != nil {
 			r = faultReply(err)
 		}
-		if r.Code != 250 {
+		if r.Code/100 != 2 {
 			for _, rest := range tx.legs[i+1:] {
 				rest.up.drop()
 			}
