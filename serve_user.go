@@ -48,12 +48,14 @@ func sessionCredential(name string, euid int) (sessionUser, error) {
 	}
 	// Supplementary groups too: a CSV file or TLS key may be readable
 	// through one of them. Without this, the children would keep root's.
+	ids, err := u.GroupIds()
+	if err != nil {
+		return sessionUser{}, fmt.Errorf("-user %s: its groups: %v", name, err)
+	}
 	var groups []uint32
-	if ids, err := u.GroupIds(); err == nil {
-		for _, id := range ids {
-			if g, err := strconv.ParseUint(id, 10, 32); err == nil && g != gid {
-				groups = append(groups, uint32(g))
-			}
+	for _, id := range ids {
+		if g, err := strconv.ParseUint(id, 10, 32); err == nil && g != gid {
+			groups = append(groups, uint32(g))
 		}
 	}
 	return sessionUser{name: u.Username, credential: &syscall.Credential{
