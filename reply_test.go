@@ -91,7 +91,7 @@ func TestReadReply(t *testing.T) {
 	for _, tc := range replyCases {
 		for rname, wrap := range readers {
 			br := bufio.NewReaderSize(wrap(strings.NewReader(tc.in)), 4096)
-			r, err := readReply(br)
+			r, err := readReply(br, nil)
 			where := tc.name + "/" + rname
 			switch {
 			case tc.bad:
@@ -189,7 +189,7 @@ func TestReplyWithCode(t *testing.T) {
 		{"552 5.2.2 mailbox full\r\n", 452, "452 4.2.2 mailbox full\r\n"},
 		{"552-5.3.4 a\r\n552 5.3.4 b\r\n", 452, "452-4.3.4 a\r\n452 4.3.4 b\r\n"},
 	} {
-		r, err := readReply(bufio.NewReader(strings.NewReader(tc.in)))
+		r, err := readReply(bufio.NewReader(strings.NewReader(tc.in)), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -215,7 +215,7 @@ func FuzzReply(f *testing.F) {
 	f.Add([]byte("421-4.3.2 bye\n421 4.3.2 \x00\xff\r\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		br := bufio.NewReaderSize(strings.NewReader(string(in)), 4096)
-		r, err := readReply(br)
+		r, err := readReply(br, nil)
 		if err != nil {
 			return
 		}

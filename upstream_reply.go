@@ -30,9 +30,9 @@ var errUpstreamClosed = errors.New("upstream connection closed")
 // readReply parses one reply from br, strictly: 3 digits (2-5 first), '-'
 // or ' ' or end of line, the same code on every line, bounded line length
 // and count. Each raw line is handed to seen (for the debug transcript)
-// when seen is not nil. The enhanced status code is split off when every
+// unless seen is nil. The enhanced status code is split off when every
 // line carries the same one of the reply's class.
-func readReply(br *bufio.Reader, seen ...func(line string)) (*Reply, error) {
+func readReply(br *bufio.Reader, seen func(line string)) (*Reply, error) {
 	rep := &Reply{}
 	var lines []string
 	for n := 0; ; n++ {
@@ -50,10 +50,8 @@ func readReply(br *bufio.Reader, seen ...func(line string)) (*Reply, error) {
 			return nil, err
 		}
 		l := strings.TrimSuffix(strings.TrimSuffix(string(line), "\n"), "\r")
-		for _, f := range seen {
-			if f != nil {
-				f(l)
-			}
+		if seen != nil {
+			seen(l)
 		}
 		if len(l) < 3 || l[0] < '2' || l[0] > '5' || !isDigit(l[1]) || !isDigit(l[2]) || len(l) > 3 && l[3] != ' ' && l[3] != '-' {
 			return nil, fmt.Errorf("%w: bad reply line %.40q", errUpstreamProtocol, l)
