@@ -78,13 +78,13 @@ func (m *csvMapping) lookup(ctx context.Context, keys []string) ([]string, error
 		return nil, err
 	}
 	defer f.Close()
-	if m.idx == nil && m.indexDir != "" {
+	rebuild := "" // why the index did not answer, when this process is to rebuild it
+	if m.idx == nil && m.indexDir != "" && !m.buildTried {
 		var why string
 		if m.idx, why = openCSVIndex(m.file, m.indexDir, f); m.idx != nil {
 			m.source = "from index"
-		} else if !m.buildTried { // this process rebuilds after its answer; others scan meanwhile
-			m.buildTried = true
-			m.source = "by scan: " + why + ", " + startCSVIndexBuild(m.file, m.indexDir)
+		} else {
+			rebuild = why
 		}
 	}
 	if m.idx != nil {
@@ -92,11 +92,10 @@ func (m *csvMapping) lookup(ctx context.Context, keys []string) ([]string, error
 			return out, err
 		}
 		m.Close()
-		m.buildTried = true
-		m.source = "by scan: index corrupt, " + startCSVIndexBuild(m.file, m.indexDir)
+		rebuild = "index corrupt"
 	}
 	out := make([]string, len(keys))
-	return out, readCSV(m.file, f, func(_ int, pattern, server string) error {
+	err = readCSV(m.file, f, func(_ int, pattern, server string) error {
 		for i, k := range keys {
 			if out[i] == "" && k == pattern {
 				out[i] = server
@@ -104,6 +103,13 @@ func (m *csvMapping) lookup(ctx context.Context, keys []string) ([]string, error
 		}
 		return ctx.Err()
 	})
+	if rebuild != "" {
+		// Once a session, and after its answer: this process rebuilds in
+		// the background while the session goes on; others scan meanwhile.
+		m.buildTried = true
+		m.source = "by scan: " + rebuild + ", " + startCSVIndexBuild(m.file, m.indexDir)
+	}
+	return out, err
 }
 
 // csvError is a fault in the file, with the line it is on (0: the file as a whole).
