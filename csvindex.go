@@ -151,7 +151,7 @@ func openCSVIndex(file, dir string, f *os.File) (*csvIndex, string) {
 		return nil, "index unreadable or corrupt"
 	}
 	x, why := &csvIndex{db: db}, "index corrupt"
-	csvGuarded(db, func(tx *bolt.Tx) error {
+	err = csvGuarded(db, func(tx *bolt.Tx) error {
 		fi, err := idx.Stat()
 		meta := tx.Bucket([]byte("meta"))
 		if err != nil || fi.Size() < tx.Size() || meta == nil || tx.Bucket([]byte("routes")) == nil {
@@ -173,6 +173,9 @@ func openCSVIndex(file, dir string, f *os.File) (*csvIndex, string) {
 		}
 		return nil
 	})
+	if err != nil {
+		why = "index corrupt" // a fault part way: nothing read from it is trusted
+	}
 	if why != "" {
 		db.Close()
 		return nil, why
@@ -220,7 +223,9 @@ func lockCSVIndex(file, dir string, wait bool) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err
 	}
-	l, err := os.OpenFile(csvIndexPath(file, dir)+".lock", os.O_CREATE|os.O_RDWR, 0o640)
+	// Read-only is enough for flock, and works on a lock file another
+	// user (root running willi check) created.
+	l, err := os.OpenFile(csvIndexPath(file, dir)+".lock", os.O_CREATE|os.O_RDONLY, 0o640)
 	if err == nil && !wait {
 		err = syscall.Flock(int(l.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
 	} else if err == nil {
