@@ -64,19 +64,27 @@ func TestCSVIndexFiftyProcesses(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	rebuilt := 0
+	rebuilt, waited := 0, 0
 	for i, c := range cmds {
 		err := c.Wait()
 		out := outs[i].String()
-		if err != nil || !strings.HasPrefix(out, want[i%len(want)].line+"by scan: index stale, ") {
+		if err != nil || !strings.HasPrefix(out, want[i%len(want)].line+"by scan: index stale, ") || strings.Contains(out, "rebuild failed") {
 			t.Errorf("process %d: %v\n%s", i, err, out)
 		}
-		if strings.Contains(out, "index stale, rebuilding the index") {
+		switch {
+		case strings.Contains(out, "index stale, rebuilding the index"):
 			rebuilt++
+		case strings.Contains(out, "index stale, another process is rebuilding the index"):
+			waited++
 		}
 	}
-	if rebuilt < 1 {
-		t.Errorf("no process rebuilt the index")
+	// The lock: some process rebuilt, the others found it taken; a lock
+	// that never holds would have all 50 rebuild over each other.
+	if rebuilt < 1 || waited < 1 || rebuilt+waited != 50 {
+		t.Errorf("%d processes rebuilt the index, %d found another at it; want at least one each, 50 in all", rebuilt, waited)
+	}
+	if tmp, _ := filepath.Glob(filepath.Join(dir, "cache", "*.tmp")); len(tmp) > 0 {
+		t.Errorf("temporary index files left: %v", tmp)
 	}
 	t.Logf("%d of 50 processes rebuilt the index, one after another", rebuilt)
 	out, err := exec.Command(bin, "lookup", "-config", cfg, want[0].addr).CombinedOutput()
