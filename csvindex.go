@@ -47,14 +47,20 @@ const (
 // timestamp (file systems keep times in ticks of up to a second).
 var csvIndexRacy = time.Second
 
+// csvCRC is the table of the index's checksums: the standard library makes
+// it when first asked, so a process that needs none pays nothing.
+func csvCRC() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) }
+
 var (
 	errCSVIndexCorrupt = errors.New("csv index corrupt")
-	csvCRC             = sync.OnceValue(func() *crc32.Table { return crc32.MakeTable(crc32.Castagnoli) }) // made when first needed: not every process needs it
 	// csvIndexBuilds are the rebuilds this process runs: it waits for them
-	// before it exits, after its session has ended.
-	csvIndexBuilds sync.WaitGroup
-	csvIndexLog    = sync.OnceValue(newLogger)
-	csvIndexWarned sync.Once
+	// before it exits, after its session has ended. They run one at a
+	// time (csvIndexBuilding): each may take up to its soft memory limit,
+	// under the unit's MemoryMax=.
+	csvIndexBuilds   sync.WaitGroup
+	csvIndexBuilding sync.Mutex
+	csvIndexLog      = sync.OnceValue(newLogger)
+	csvIndexWarned   sync.Once
 )
 
 // setCSVIndexLog makes index warnings lines of the session's log.
@@ -253,6 +259,8 @@ func startCSVIndexBuild(file, dir string) string {
 	go func() {
 		defer csvIndexBuilds.Done()
 		defer lock.Close()
+		csvIndexBuilding.Lock()
+		defer csvIndexBuilding.Unlock()
 		if n, err := buildCSVIndex(file, dir); err != nil {
 			csvIndexLog().Warn("csv index rebuild failed", "file", file, "err", err)
 		} else {
