@@ -185,7 +185,7 @@ func probeServer(cfg *Config, srv Server, out io.Writer) bool {
 	if u.tlsState == nil {
 		fmt.Fprintln(out, "  tls: none")
 	} else {
-		fmt.Fprintf(out, "  tls: %s\n", u.tls)
+		fmt.Fprintf(out, "  tls: %s\n", u.tlsInfo())
 		if certs := u.tlsState.PeerCertificates; len(certs) > 0 {
 			c := certs[0]
 			fmt.Fprintf(out, "  certificate: subject %q, names %s, issuer %q, expires %s\n",

@@ -28,6 +28,14 @@ func serverTLSConfig(c *TLSConfig) (*tls.Config, error) {
 	}, nil
 }
 
+// tlsInfo describes the upstream connection's TLS for logs, "" in plain text.
+func (u *upstream) tlsInfo() string {
+	if u.tlsState == nil {
+		return ""
+	}
+	return tlsSummary(*u.tlsState)
+}
+
 // tlsSummary is how a TLS connection is described in logs.
 func tlsSummary(st tls.ConnectionState) string {
 	return fmt.Sprintf("%s/%s", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite))
@@ -243,7 +251,7 @@ func (u *upstream) startTLS() *Reply {
 	u.conn = tc
 	u.r = bufio.NewReaderSize(tc, 4096)
 	st := tc.ConnectionState()
-	u.tls, u.tlsState = tlsSummary(st), &st
+	u.tlsState = &st
 	// RFC 3207 §4.2: the pre-TLS capabilities are void; ask again.
 	return u.regreet(u.p.hostname, true)
 }

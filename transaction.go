@@ -132,7 +132,7 @@ func (tx *transaction) upstreams() (servers, tlsInfo, xclient string) {
 	var s, t, x []string
 	for _, l := range tx.legs {
 		s = append(s, l.up.server.String())
-		t = append(t, orNone(l.up.tls))
+		t = append(t, orNone(l.up.tlsInfo()))
 		x = append(x, l.up.xclient)
 	}
 	return strings.Join(s, ","), strings.Join(t, ","), strings.Join(x, ",")

@@ -64,11 +64,10 @@ type upstream struct {
 	r        *bufio.Reader
 	server   Server
 	routeID  string
-	ext      map[string]string // EHLO keywords (upper case) and their parameters
-	banner   string            // the greeting's text
-	tls      string            // "" for plaintext, else version and cipher
-	tlsState *tls.ConnectionState
-	xclient  string // what became of the client address hand-over
+	ext      map[string]string    // EHLO keywords (upper case) and their parameters
+	banner   string               // the greeting's text
+	tlsState *tls.ConnectionState // nil in plain text
+	xclient  string               // what became of the client address hand-over
 	state    upstreamState
 	stop     func() bool // releases the session-end hook on conn
 }
