@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // indexTestCSV has enough rows that the one the edits change is outside the
@@ -127,6 +129,20 @@ func TestCSVIndexDamaged(t *testing.T) {
 			i := bytes.Index(b, []byte("target.orgmx1.internal:25"))
 			copy(b[i:], "T")
 			os.WriteFile(idx, b, 0o640)
+		}},
+		{"record deleted", "index corrupt", func(t *testing.T, idx string) {
+			// A well-formed tree without the pattern: its absence must
+			// not pass for a miss (the records beside it name each other).
+			db, err := bolt.Open(idx, 0o640, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			if err := db.Update(func(tx *bolt.Tx) error {
+				return tx.Bucket([]byte("routes")).Delete(csvAppendKey(nil, "target.org"))
+			}); err != nil {
+				t.Fatal(err)
+			}
 		}},
 		{"another version", "index from another version", func(t *testing.T, idx string) {
 			b, _ := os.ReadFile(idx)
